@@ -1,0 +1,63 @@
+/**
+ * Progress for long work: a single redrawn line on a TTY, nothing at all in logs or with --json.
+ */
+export interface Progress {
+  /** Add done bytes (or units). */
+  advance(amount: number): void;
+  /** Set a short label for what is being worked on. */
+  label(text: string): void;
+  done(): void;
+}
+
+const SILENT: Progress = { advance() {}, label() {}, done() {} };
+
+function human(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = bytes;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`;
+}
+
+export function formatBytes(bytes: number): string {
+  return human(bytes);
+}
+
+/**
+ * A progress line on stderr when it is a TTY and `enabled`; a silent reporter otherwise.
+ * `total` is in bytes; rate and ETA are derived from wall time.
+ */
+export function createProgress(total: number, enabled = true, stream: NodeJS.WriteStream = process.stderr): Progress {
+  if (!enabled || !stream.isTTY) return SILENT;
+  const started = Date.now();
+  let doneBytes = 0;
+  let text = '';
+  let lastDraw = 0;
+  const draw = (force: boolean): void => {
+    const now = Date.now();
+    if (!force && now - lastDraw < 200) return;
+    lastDraw = now;
+    const secs = Math.max((now - started) / 1000, 1e-3);
+    const rate = doneBytes / secs;
+    const eta = rate > 0 && total > doneBytes ? Math.ceil((total - doneBytes) / rate) : 0;
+    const pct = total > 0 ? ((100 * doneBytes) / total).toFixed(1) : '100.0';
+    stream.write(`\r\x1b[2K${pct}% ${human(doneBytes)}/${human(total)} ${human(rate)}/s ETA ${eta}s ${text}`.slice(0, (stream.columns ?? 120) + 8));
+  };
+  return {
+    advance(n) {
+      doneBytes += n;
+      draw(false);
+    },
+    label(t) {
+      text = t;
+      draw(false);
+    },
+    done() {
+      draw(true);
+      stream.write('\n');
+    },
+  };
+}
