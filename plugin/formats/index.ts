@@ -6,3 +6,4 @@ export * from './strategy/model.js';
 export * from './ckpt/index.js';
 export * from './strategy/index.js';
 export * from './safetensors/index.js';
+export * from './copy.js';

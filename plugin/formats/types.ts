@@ -21,6 +21,16 @@ export interface TensorEntry {
   readonly shape: readonly number[];
   /** Total bytes of the C-order buffer. */
   readonly byteLength: number;
+  /** How a `.ckpt` stored it, so a rewrite reproduces the file byte for byte. */
+  readonly ckpt?: CkptHints;
+}
+
+/** `.ckpt` encoding details of an entry (absent = MindSpore's current defaults). */
+export interface CkptHints {
+  /** `dims` as written (e.g. [0] for a legacy scalar). */
+  readonly dims?: readonly number[];
+  /** Byte length of each chunk (`Value`) in order, when not the default 512 MiB cutting. */
+  readonly chunks?: readonly number[];
 }
 
 /** A readable weight container (one file, an index of shards, ...). */
@@ -46,6 +56,8 @@ export interface SinkTensor {
   readonly dtype: DType;
   readonly shape: readonly number[];
   readonly byteLength: number;
+  /** `.ckpt` encoding hints; other sinks ignore them. */
+  readonly ckpt?: CkptHints;
 }
 
 /**

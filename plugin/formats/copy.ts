@@ -1,0 +1,29 @@
+/**
+ * Streaming copy of whole entries from a source to a sink in bounded pieces.
+ */
+import type { TensorEntry, TensorSink, TensorSource } from './types.js';
+
+/** Default piece size for streaming copies: 64 MiB. */
+export const COPY_PIECE = 64 * 1024 * 1024;
+
+/**
+ * Copy one entry's bytes from `source` into `sink` (beginTensor .. endTensor), reading at most
+ * `pieceSize` bytes at a time into one reused buffer.
+ */
+export async function copyEntry(
+  source: TensorSource,
+  sink: TensorSink,
+  entry: TensorEntry,
+  pieceSize = COPY_PIECE,
+  scratch?: Uint8Array,
+): Promise<void> {
+  await sink.beginTensor(entry);
+  const size = Math.min(pieceSize, Math.max(entry.byteLength, 1));
+  const buf = scratch !== undefined && scratch.byteLength >= size ? scratch : new Uint8Array(size);
+  for (let off = 0; off < entry.byteLength; off += size) {
+    const n = Math.min(size, entry.byteLength - off);
+    await source.readBytes(entry.name, off, n, buf, 0);
+    await sink.write(buf.subarray(0, n));
+  }
+  await sink.endTensor();
+}
