@@ -10,3 +10,4 @@ export * from './coordination/index.js';
 export * from './launcher/index.js';
 export * from './convert/index.js';
 export * from './lora/index.js';
+export * from './unify/index.js';

@@ -1,0 +1,69 @@
+/**
+ * `msckpt ckpt-to-safetensors SRC DST` and (in safetensors-to-ckpt.ts) the reverse: one file or a
+ * whole rank_N/ tree, names kept with the extension swapped.
+ */
+import type { Command } from 'commander';
+import { InputError } from '../../errors.js';
+import { ckptToSafetensors, loadNameMap, safetensorsToCkpt, type WeightsConvertOptions, type WeightsConvertResult } from '../../unify/index.js';
+import { createProgress, formatBytes } from '../progress.js';
+
+export const order = 40;
+
+interface Flags {
+  nameMap?: string;
+  processes?: string;
+  crc?: boolean;
+  fileNameRegex?: string;
+  json?: boolean;
+}
+
+export function parseProcesses(v: string | undefined): number {
+  if (v === undefined) return 1;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 1 || n > 256) throw new InputError(`--processes must be an integer from 1 to 256, got '${v}'`);
+  return n;
+}
+
+export function registerConversion(program: Command, name: 'ckpt-to-safetensors' | 'safetensors-to-ckpt'): void {
+  const toSt = name === 'ckpt-to-safetensors';
+  const [from, to] = toSt ? ['.ckpt', '.safetensors'] : ['.safetensors', '.ckpt'];
+  program
+    .command(name)
+    .description(
+      toSt
+        ? 'convert MindSpore .ckpt files (one file, or every *.ckpt in a folder and its rank*/ folders) to safetensors; str entries and ckpt details go to metadata and come back exactly'
+        : 'convert safetensors files (one file, or every *.safetensors in a folder and its rank*/ folders) to MindSpore .ckpt',
+    )
+    .argument('<src>', `a ${from} file or a folder of them (rank*/ folders included)`)
+    .argument('<dst>', `output ${to} file (for one file) or output folder (same tree, extension swapped)`)
+    .option('--name-map <json>', 'rename tensors: a JSON object {"old":"new"} or a JSON file holding one')
+    .option('--processes <n>', 'files converted at once', '1')
+    .option('--crc', toSt ? 'store crc_num in the safetensors metadata' : 'append the crc_num trailer (default: when the original .ckpt had one)')
+    .option('--file-name-regex <re>', 'only convert files whose name matches')
+    .option('--json', 'print one JSON object on stdout')
+    .action(async (src: string, dst: string, flags: Flags) => {
+      const opts: WeightsConvertOptions = { processes: parseProcesses(flags.processes) };
+      if (flags.nameMap !== undefined) opts.nameMap = await loadNameMap(flags.nameMap);
+      if (flags.crc === true) opts.crc = true;
+      if (flags.fileNameRegex !== undefined) opts.fileNameRegex = flags.fileNameRegex;
+      const progress = createProgress(0, flags.json !== true);
+      opts.onBytes = (n) => progress.advance(n);
+      opts.onFile = (f) => progress.label(f.output);
+      let r: WeightsConvertResult;
+      try {
+        r = toSt ? await ckptToSafetensors(src, dst, opts) : await safetensorsToCkpt(src, dst, opts);
+      } finally {
+        progress.done();
+      }
+      if (flags.json === true) {
+        process.stdout.write(`${JSON.stringify({ kind: name, ...r })}\n`);
+        return;
+      }
+      for (const f of r.files) process.stdout.write(`${f.source} -> ${f.output} (${f.tensors} tensors, ${formatBytes(f.bytes)})\n`);
+      process.stdout.write(`${r.files.length} file(s), ${r.tensors} tensors, ${formatBytes(r.bytes)}\n`);
+    });
+}
+
+export function register(program: Command): void {
+  registerConversion(program, 'ckpt-to-safetensors');
+}
