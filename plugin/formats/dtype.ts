@@ -7,7 +7,8 @@ import { InputError } from '../errors.js';
 /** Canonical dtype names are MindSpore's `tensor_type` strings. */
 export type DType =
   | 'Bool' | 'Int8' | 'UInt8' | 'Int16' | 'UInt16' | 'Int32' | 'UInt32' | 'Int64' | 'UInt64'
-  | 'Float16' | 'BFloat16' | 'Float32' | 'Float64' | 'Int4' | 'str';
+  | 'Float16' | 'BFloat16' | 'Float32' | 'Float64' | 'Int4' | 'str'
+  | 'Float8E4M3FN';
 
 export interface DTypeInfo {
   readonly name: DType;
@@ -36,6 +37,8 @@ const TABLE: readonly DTypeInfo[] = [
   { name: 'Float64', size: 8, safetensors: 'F64', numpy: 'float64', float: true },
   { name: 'Int4', size: 0, numpy: 'qint4x2', float: false },
   { name: 'str', size: 0, numpy: 'str', float: false },
+  // FP8 (DeepSeek-V3 HF weights); not castable here, dequantised by plugin/convert/fp8.ts.
+  { name: 'Float8E4M3FN', size: 1, safetensors: 'F8_E4M3', numpy: 'float8_e4m3fn', float: false },
 ];
 
 const BY_NAME = new Map<string, DTypeInfo>(TABLE.map((d) => [d.name, d]));
