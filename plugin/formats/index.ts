@@ -7,3 +7,5 @@ export * from './ckpt/index.js';
 export * from './strategy/index.js';
 export * from './safetensors/index.js';
 export * from './copy.js';
+export * from './detect.js';
+export * from './open.js';
