@@ -1,1 +1,8 @@
-export {};
+/** Executing re-sharding plans: transform, manifest, resume, verify. */
+export {
+  transformCheckpoints, parseMemorySize, parseRankRanges, formatRankRanges, transformProcessBlocks, transformOutputPath, fileCrc32Of, readTransformManifest,
+  TRANSFORM_MANIFEST_NAME,
+  type TransformOptions, type TransformReport, type ManifestFile, type TransformManifest, type TransformFingerprint,
+} from './transform.js';
+export { verifyTransform, type VerifyReport, type VerifyFileResult } from './verify.js';
+export { executeRankPlan, createTransformSourcePool, transferBox, TransformBuffers, sinkTensorOf, type TransformSourcePool } from './execute.js';

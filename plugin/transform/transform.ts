@@ -1,0 +1,381 @@
+/**
+ * `transformCheckpoints`: plan, then write every destination rank's file (temporary name +
+ * rename), then `transform_manifest.json` (last, atomically) with sizes and CRC-32s and a
+ * fingerprint of the inputs. A re-run with the same inputs skips files the manifest shows
+ * complete. With `processNum: K` the selected ranks are cut into K contiguous blocks
+ * (`[i*W/K, (i+1)*W/K)`, as mindformers' transform_process_num does) and each block is converted
+ * by a child `msckpt transform --ranks a-b` process; children report their files on stdout and
+ * the parent writes the manifest once all succeeded.
+ */
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
+import { execa } from 'execa';
+import { createProgress } from '../cli/progress.js';
+import { FailureError, InputError } from '../errors.js';
+import { writeFileAtomic } from '../formats/atomic.js';
+import { bufferSizes, DEFAULT_MEMORY, planRank } from '../plan/build.js';
+import { createOutputSink, openWeightsFile, type OutputFormat } from '../plan/io.js';
+import { loadPlan, type LoadedPlan, type PickRule } from '../plan/load.js';
+import { createTransformSourcePool, TransformBuffers, executeRankPlan, sinkTensorOf } from './execute.js';
+
+export const TRANSFORM_MANIFEST_NAME = 'transform_manifest.json';
+
+export interface TransformOptions {
+  /** A complete checkpoint file, or a folder of rank_N/ folders. */
+  readonly srcCheckpoint: string;
+  /** Source strategy file or folder of per-stage files; null/undefined = complete source. */
+  readonly srcStrategy?: string | null;
+  /** Destination strategy file or folder; null/undefined = one complete file. */
+  readonly dstStrategy?: string | null;
+  /** Output folder: DST/rank_R/{prefix}R.ckpt. */
+  readonly dstDir: string;
+  /** File name prefix (default `checkpoint_`). */
+  readonly prefix?: string;
+  /** Destination ranks to write: a list, or a string like `8-15` or `0,2,4-7`; default all. */
+  readonly ranks?: readonly number[] | string;
+  /** One destination rank (same as ranks: [rank]). */
+  readonly rank?: number;
+  /** Expected destination world size (checked against the destination strategy). */
+  readonly worldSize?: number;
+  /** Converter processes (default 1 = in this process). */
+  readonly processNum?: number;
+  /** Buffer budget in bytes or a size string like `512M` (default 512 MiB). */
+  readonly memory?: number | string;
+  /** Which file of a rank_N folder holding several: last in name order (default) or newest. */
+  readonly pick?: PickRule;
+  readonly outputFormat?: OutputFormat;
+  /** Progress line on a TTY (default true). */
+  readonly progress?: boolean;
+  /** Messages for the user as they happen (which file was picked, ...). */
+  readonly onNotice?: (message: string) => void;
+  /** Internal: run as a child of a multi-process run (no manifest written). */
+  readonly child?: boolean;
+}
+
+export interface ManifestFile {
+  readonly rank: number;
+  /** Path relative to the destination folder. */
+  readonly path: string;
+  readonly size: number;
+  readonly crc32: number;
+}
+
+export interface TransformFingerprint {
+  readonly sources: readonly { readonly path: string; readonly size: number; readonly mtimeMs: number }[];
+  readonly srcStrategy: string | null;
+  readonly dstStrategy: string | null;
+  readonly prefix: string;
+  readonly format: OutputFormat;
+  readonly worldSize: number;
+}
+
+export interface TransformManifest {
+  readonly tool: 'msckpt';
+  readonly kind: 'transform_manifest';
+  readonly version: 1;
+  readonly fingerprint: TransformFingerprint;
+  readonly fingerprintHash: string;
+  readonly worldSize: number;
+  /** True when every destination rank's file is listed. */
+  readonly complete: boolean;
+  readonly files: readonly ManifestFile[];
+}
+
+export interface TransformReport {
+  readonly dstDir: string;
+  readonly manifest: string | null;
+  readonly worldSize: number;
+  /** Ranks written in this call. */
+  readonly written: readonly number[];
+  /** Ranks skipped because the manifest showed them complete for the same inputs. */
+  readonly skipped: readonly number[];
+  readonly files: readonly ManifestFile[];
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+  readonly seconds: number;
+  readonly processes: number;
+  /** Peak resident set of the converter process(es), bytes. */
+  readonly maxRssBytes: number;
+  readonly notices: readonly string[];
+}
+
+/** `512M`, `2G`, `1048576`, `64KiB` -> bytes. */
+export function parseMemorySize(text: string | number): number {
+  if (typeof text === 'number') {
+    if (!Number.isSafeInteger(text) || text <= 0) throw new InputError(`memory must be a positive number of bytes, got ${text}`);
+    return text;
+  }
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$/i.exec(text);
+  if (m === null) throw new InputError(`cannot read size '${text}' (expected e.g. 512M, 2G, 1048576)`);
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[(m[2] as string).toLowerCase()] as number;
+  const v = Math.floor(Number(m[1]) * mult);
+  if (!Number.isSafeInteger(v) || v <= 0) throw new InputError(`size '${text}' is not a positive byte count`);
+  return v;
+}
+
+/** `8-15`, `0,2,4-7` -> sorted distinct ranks. */
+export function parseRankRanges(text: string): number[] {
+  const out = new Set<number>();
+  for (const part of text.split(',')) {
+    const p = part.trim();
+    if (p === '') continue;
+    const m = /^(\d+)(?:-(\d+))?$/.exec(p);
+    if (m === null) throw new InputError(`cannot read rank range '${p}' (expected e.g. 8-15 or 0,2,4-7)`);
+    const a = Number(m[1]);
+    const b = m[2] === undefined ? a : Number(m[2]);
+    if (b < a) throw new InputError(`rank range '${p}' runs backwards`);
+    if (b - a > 1_000_000) throw new InputError(`rank range '${p}' is too large`);
+    for (let r = a; r <= b; r++) out.add(r);
+  }
+  if (out.size === 0) throw new InputError(`no ranks in '${text}'`);
+  return [...out].sort((x, y) => x - y);
+}
+
+/** Compact text of a sorted rank list: `0-3,8`. */
+export function formatRankRanges(ranks: readonly number[]): string {
+  const parts: string[] = [];
+  let i = 0;
+  while (i < ranks.length) {
+    let j = i;
+    while (j + 1 < ranks.length && (ranks[j + 1] as number) === (ranks[j] as number) + 1) j++;
+    parts.push(i === j ? `${ranks[i]}` : `${ranks[i]}-${ranks[j]}`);
+    i = j + 1;
+  }
+  return parts.join(',');
+}
+
+/** The blocks K converter processes own: [i*W/K, (i+1)*W/K) of the selected ranks. */
+export function transformProcessBlocks<T>(items: readonly T[], k: number): T[][] {
+  const w = items.length;
+  const blocks: T[][] = [];
+  for (let i = 0; i < k; i++) {
+    const a = Math.floor((i * w) / k);
+    const b = Math.floor(((i + 1) * w) / k);
+    if (b > a) blocks.push(items.slice(a, b));
+  }
+  return blocks;
+}
+
+export function transformOutputPath(dstDir: string, rank: number, prefix: string, format: OutputFormat): string {
+  return join(dstDir, `rank_${rank}`, `${prefix}${rank}.${format === 'safetensors' ? 'safetensors' : 'ckpt'}`);
+}
+
+/** CRC-32 of a file, read in pieces. */
+export async function fileCrc32Of(path: string): Promise<{ size: number; crc32: number }> {
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(8 * 1024 * 1024);
+    let pos = 0;
+    let crc = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.byteLength, pos);
+      if (bytesRead === 0) break;
+      crc = crc32(buf.subarray(0, bytesRead), crc);
+      pos += bytesRead;
+    }
+    return { size: pos, crc32: crc >>> 0 };
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function readTransformManifest(dstDir: string): Promise<TransformManifest | null> {
+  const path = join(dstDir, TRANSFORM_MANIFEST_NAME);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch {
+    return null;
+  }
+  try {
+    const m = JSON.parse(text) as TransformManifest;
+    if (m.tool !== 'msckpt' || m.kind !== 'transform_manifest' || !Array.isArray(m.files)) return null;
+    return m;
+  } catch {
+    return null;
+  }
+}
+
+function hashOf(value: unknown): string {
+  return createHash('sha256').update(JSON.stringify(value)).digest('hex');
+}
+
+function binPath(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  for (const up of ['../../bin/msckpt.js', '../../../bin/msckpt.js']) {
+    const p = resolve(here, up);
+    if (existsSync(p)) return p;
+  }
+  throw new FailureError('cannot find bin/msckpt.js to start converter processes');
+}
+
+interface Selected {
+  loaded: LoadedPlan;
+  ranks: number[];
+  world: number;
+  fingerprint: TransformFingerprint;
+  fingerprintHash: string;
+}
+
+async function selectAndPlan(opts: TransformOptions, memory: number, format: OutputFormat, prefix: string): Promise<Selected> {
+  let ranks: number[] | undefined;
+  if (opts.rank !== undefined) ranks = [opts.rank];
+  if (opts.ranks !== undefined) {
+    const r = typeof opts.ranks === 'string' ? parseRankRanges(opts.ranks) : [...new Set(opts.ranks)].sort((a, b) => a - b);
+    ranks = ranks === undefined ? r : r.filter((x) => ranks?.includes(x));
+  }
+  const loaded = await loadPlan({
+    srcCheckpoint: opts.srcCheckpoint,
+    srcStrategy: opts.srcStrategy ?? null,
+    dstStrategy: opts.dstStrategy ?? null,
+    memory,
+    ...(ranks !== undefined ? { ranks } : {}),
+    ...(opts.worldSize !== undefined ? { worldSize: opts.worldSize } : {}),
+    ...(opts.pick !== undefined ? { pick: opts.pick } : {}),
+  });
+  const world = loaded.plan.destination.deviceCount;
+  const fingerprint: TransformFingerprint = {
+    sources: loaded.sources.files.map((f) => ({ path: f.path, size: f.size, mtimeMs: f.mtimeMs })),
+    srcStrategy: loaded.srcStrategy?.sha256 ?? null,
+    dstStrategy: loaded.dstStrategy?.sha256 ?? null,
+    prefix,
+    format,
+    worldSize: world,
+  };
+  return { loaded, ranks: loaded.plan.ranks.map((r) => r.rank), world, fingerprint, fingerprintHash: hashOf(fingerprint) };
+}
+
+async function writeManifest(dstDir: string, sel: Selected, files: ManifestFile[]): Promise<string> {
+  const byRank = new Map<number, ManifestFile>();
+  const prev = await readTransformManifest(dstDir);
+  if (prev !== null && prev.fingerprintHash === sel.fingerprintHash) for (const f of prev.files) byRank.set(f.rank, f);
+  for (const f of files) byRank.set(f.rank, f);
+  const list = [...byRank.values()].sort((a, b) => a.rank - b.rank);
+  const manifest: TransformManifest = {
+    tool: 'msckpt', kind: 'transform_manifest', version: 1,
+    fingerprint: sel.fingerprint, fingerprintHash: sel.fingerprintHash, worldSize: sel.world,
+    complete: list.length === sel.world, files: list,
+  };
+  const path = join(dstDir, TRANSFORM_MANIFEST_NAME);
+  await writeFileAtomic(path, `${JSON.stringify(manifest, null, 1)}\n`);
+  return path;
+}
+
+/** Re-shard checkpoints: see the module comment. */
+export async function transformCheckpoints(opts: TransformOptions): Promise<TransformReport> {
+  const started = Date.now();
+  const prefix = opts.prefix ?? 'checkpoint_';
+  if (/[/\\]/.test(prefix)) throw new InputError(`prefix '${prefix}' must not contain a path separator`);
+  const format: OutputFormat = opts.outputFormat ?? 'ckpt';
+  if (format !== 'ckpt' && format !== 'safetensors') throw new InputError(`output format must be ckpt or safetensors, got '${String(format)}'`);
+  const memory = opts.memory === undefined ? DEFAULT_MEMORY : parseMemorySize(opts.memory);
+  const processNum = opts.processNum ?? 1;
+  if (!Number.isSafeInteger(processNum) || processNum < 1) throw new InputError(`process number must be a positive integer, got ${processNum}`);
+  const dstDir = resolve(opts.dstDir);
+  if (existsSync(dstDir) && !(await stat(dstDir)).isDirectory()) throw new InputError('destination exists and is not a directory', { file: dstDir });
+
+  const sel = await selectAndPlan(opts, memory, format, prefix);
+  const notices = [...sel.loaded.notices];
+  for (const n of notices) opts.onNotice?.(n);
+  for (const f of sel.loaded.sources.files) {
+    if (resolve(f.path).startsWith(`${dstDir}/`)) throw new InputError('the destination folder contains the source files; choose another', { file: dstDir });
+  }
+
+  // resume: files the manifest lists for the same inputs, still of the listed size
+  const prev = await readTransformManifest(dstDir);
+  const done = new Map<number, ManifestFile>();
+  if (prev !== null && prev.fingerprintHash === sel.fingerprintHash) {
+    for (const f of prev.files) {
+      try {
+        const st = await stat(join(dstDir, f.path));
+        if (st.size === f.size) done.set(f.rank, f);
+      } catch {
+        // missing: redo
+      }
+    }
+  } else if (prev !== null && !opts.child) {
+    // stale manifest of ours for other inputs: it must not vouch for files we are replacing
+    await rm(join(dstDir, TRANSFORM_MANIFEST_NAME), { force: true });
+  }
+  const todo = sel.ranks.filter((r) => !done.has(r));
+  const skipped = sel.ranks.filter((r) => done.has(r));
+  await mkdir(dstDir, { recursive: true });
+
+  const files: ManifestFile[] = skipped.map((r) => done.get(r) as ManifestFile);
+  let bytesRead = 0;
+  let bytesWritten = 0;
+  let maxRss = process.resourceUsage().maxRSS * 1024;
+  let processes = 1;
+
+  if (processNum > 1 && !opts.child && todo.length > 1) {
+    const blocks = transformProcessBlocks(sel.ranks, processNum).filter((b) => b.some((r) => !done.has(r)));
+    processes = blocks.length;
+    const bin = binPath();
+    const results = await Promise.allSettled(
+      blocks.map(async (block) => {
+        const args = [bin, 'transform', '--src-checkpoint', opts.srcCheckpoint, '--dst-checkpoint-dir', dstDir,
+          '--prefix', prefix, '--ranks', formatRankRanges(block), '--memory', String(memory), '--output-format', format,
+          '--pick', opts.pick ?? 'last', '--json', '--child'];
+        if (opts.srcStrategy) args.push('--src-strategy', opts.srcStrategy);
+        if (opts.dstStrategy) args.push('--dst-strategy', opts.dstStrategy);
+        const r = await execa(process.execPath, args, { reject: false, all: false, stdin: 'ignore' });
+        if (r.exitCode !== 0) {
+          const text = String(r.stderr).trim().replace(/^msckpt: /, '') || `exited with code ${r.exitCode}`;
+          const Err = r.exitCode === 2 ? InputError : FailureError;
+          throw new Err(`converter for ranks ${formatRankRanges(block)} failed: ${text}`);
+        }
+        return JSON.parse(String(r.stdout)) as TransformReport;
+      }),
+    );
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    for (const r of results) {
+      if (r.status !== 'fulfilled') continue;
+      const rep = r.value;
+      for (const f of rep.files) if (!done.has(f.rank)) files.push(f);
+      bytesRead += rep.bytesRead;
+      bytesWritten += rep.bytesWritten;
+      maxRss = Math.max(maxRss, rep.maxRssBytes);
+    }
+  } else {
+    const plan = sel.loaded.plan;
+    const summaries = new Map(plan.ranks.map((s) => [s.rank, s]));
+    const total = todo.reduce((s, r) => s + (summaries.get(r)?.bytesWritten ?? 0), 0);
+    const progress = createProgress(total, opts.progress !== false);
+    const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
+    const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
+    const buffers = new TransformBuffers(bufferSizes(memory));
+    try {
+      for (const r of todo) {
+        const rp = planRank(plan, r);
+        const out = transformOutputPath(dstDir, r, prefix, format);
+        progress.label(`rank ${r}`);
+        const sink = await createOutputSink(out, format, rp.tensors.map(sinkTensorOf));
+        try {
+          bytesRead += await executeRankPlan(rp, pool, sink, buffers, (n) => progress.advance(n));
+          await sink.close();
+        } catch (err) {
+          await sink.abort().catch(() => undefined);
+          throw err;
+        }
+        const { size, crc32: crc } = await fileCrc32Of(out);
+        bytesWritten += size;
+        files.push({ rank: r, path: relative(dstDir, out), size, crc32: crc });
+      }
+    } finally {
+      await pool.close();
+      progress.done();
+    }
+    maxRss = Math.max(maxRss, process.resourceUsage().maxRSS * 1024);
+  }
+  files.sort((a, b) => a.rank - b.rank);
+  const manifest = opts.child ? null : await writeManifest(dstDir, sel, files);
+  return {
+    dstDir, manifest, worldSize: sel.world, written: todo, skipped, files, bytesRead, bytesWritten,
+    seconds: (Date.now() - started) / 1000, processes, maxRssBytes: maxRss, notices,
+  };
+}
