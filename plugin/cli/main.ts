@@ -36,7 +36,7 @@ export function normalizeArgv(argv: readonly string[]): string[] {
   return out;
 }
 
-export async function buildProgram(): Promise<Command> {
+export async function buildProgram(commandName?: string): Promise<Command> {
   const program = new Command();
   program
     .name('msckpt')
@@ -44,15 +44,17 @@ export async function buildProgram(): Promise<Command> {
     .version('0.1.0')
     .showHelpAfterError()
     .exitOverride();
-  for (const register of await loadCommands()) register(program);
+  for (const register of await loadCommands(commandName)) register(program);
   return program;
 }
 
 /** Run the CLI; returns the exit code (never calls process.exit itself). */
 export async function main(argv: readonly string[]): Promise<number> {
-  const program = await buildProgram();
+  const args = normalizeArgv(argv);
+  const first = args.find((a) => !a.startsWith('-'));
+  const program = await buildProgram(first);
   try {
-    await program.parseAsync(normalizeArgv(argv), { from: 'user' });
+    await program.parseAsync(args, { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) {

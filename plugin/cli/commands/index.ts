@@ -13,11 +13,18 @@ interface CommandModule {
   order?: number;
 }
 
-export async function loadCommands(): Promise<RegisterCommand[]> {
+/**
+ * Load the command modules. With `only` (the command the user typed), just that one module is
+ * loaded when a file of that name exists, so `msckpt inspect` does not pay for loading the
+ * launcher, the converters and their libraries; `--help` and unknown names load them all.
+ */
+export async function loadCommands(only?: string): Promise<RegisterCommand[]> {
   const dir = new URL('./', import.meta.url);
-  const files = (await readdir(dir)).filter(
+  const all = (await readdir(dir)).filter(
     (f) => /\.(ts|js)$/.test(f) && !f.endsWith('.d.ts') && !/^index\.(ts|js)$/.test(f),
   );
+  const chosen = only === undefined ? [] : all.filter((f) => f.replace(/\.(ts|js)$/, '') === only);
+  const files = chosen.length > 0 ? chosen : all;
   const mods: Array<{ file: string; mod: CommandModule }> = [];
   for (const file of files.sort()) {
     const mod = (await import(new URL(file, dir).href)) as CommandModule;
