@@ -1,1 +1,7 @@
-export {};
+// Run YAML, paths and rank identity (engineer "config").
+export * from './config.js';
+export * from './paths.js';
+export * from './identity.js';
+export { loadYamlWithPositions, YamlSyntaxError, type LocatedYaml, type SourcePosition } from './yaml-positions.js';
+// The launcher hook (engineer "launch").
+export { launch, assignConverters, cleanJobOutputs, planIsIdentity, substituteConfig, type LaunchOptions, type ConverterAssignment, type CleanReport } from './launch.js';

@@ -1,0 +1,62 @@
+/**
+ * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout S] [--heartbeat-timeout S]
+ * [--poll-interval MS] [--shared-disk | --no-shared-disk] [--local-worker-num N] [--memory SIZE]
+ * -- <training command ...>`:
+ * the hook every rank msrun starts runs; `{config}` in the command becomes the YAML to read.
+ */
+import type { Command } from 'commander';
+import { InputError } from '../../errors.js';
+import { launch } from '../../launcher/launch.js';
+import { parseMemorySize } from '../../transform/transform.js';
+
+export const order = 90;
+
+interface LaunchFlags {
+  config: string;
+  dstStrategy?: string;
+  barrierTimeout?: string;
+  heartbeatTimeout?: string;
+  pollInterval?: string;
+  sharedDisk?: boolean;
+  localWorkerNum?: string;
+  memory?: string;
+}
+
+function positive(v: string | undefined, flag: string, integer: boolean): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
+    throw new InputError(`${flag} must be a positive ${integer ? 'integer' : 'number'}, got '${v}'`);
+  }
+  return n;
+}
+
+export function register(program: Command): void {
+  program
+    .command('launch')
+    .description('launcher hook for msrun: convert the weights at load_checkpoint to this job\'s layout once, then start training')
+    .requiredOption('--config <run-yaml>', 'the run YAML (never modified)')
+    .option('--dst-strategy <path>', "the job's strategy file or folder (skips the strategy-only pass)")
+    .option('--barrier-timeout <seconds>', 'longest wait at any barrier (default 7200)')
+    .option('--heartbeat-timeout <seconds>', "a converter silent this long is dead (default 60)")
+    .option('--poll-interval <ms>', 'poll the shared disk this often (default: automatic)')
+    .option('--shared-disk', 'output_dir is on a disk all nodes share (polling, one converter set for the job)')
+    .option('--no-shared-disk', 'each node converts its own ranks into its local output_dir')
+    .option('--local-worker-num <n>', "workers per node, when msrun's environment cannot tell")
+    .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (default 512M)')
+    .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
+    .action(async (command: string[], flags: LaunchFlags) => {
+      const code = await launch({
+        config: flags.config,
+        command,
+        ...(flags.dstStrategy !== undefined ? { dstStrategy: flags.dstStrategy } : {}),
+        ...(flags.barrierTimeout !== undefined ? { barrierTimeout: positive(flags.barrierTimeout, '--barrier-timeout', false) } : {}),
+        ...(flags.heartbeatTimeout !== undefined ? { heartbeatTimeout: positive(flags.heartbeatTimeout, '--heartbeat-timeout', false) } : {}),
+        ...(flags.pollInterval !== undefined ? { pollInterval: positive(flags.pollInterval, '--poll-interval', true) } : {}),
+        ...(flags.sharedDisk !== undefined ? { sharedDisk: flags.sharedDisk } : {}),
+        ...(flags.memory !== undefined ? { memory: parseMemorySize(flags.memory) } : {}),
+        ...(flags.localWorkerNum !== undefined ? { localWorkerNum: positive(flags.localWorkerNum, '--local-worker-num', true) } : {}),
+      });
+      process.exitCode = code;
+    });
+}

@@ -1,0 +1,547 @@
+/**
+ * Markers, barriers and heartbeats on a (possibly shared) disk, for a group of ranks. Knows
+ * nothing of tensors.
+ *
+ * Layout under `root` (a folder only the coordinator writes):
+ * ```
+ * tickets/rank_R.json          a rank's request to join (fresh nonce, host, pid), rewritten if removed
+ * current.json                 the open generation, written by the leader (rename)
+ * gen/<G>/open.json            who opened it and when
+ * gen/<G>/admitted/rank_R.json the leader's answer to rank R's ticket (carries its nonce)
+ * gen/<G>/m/<name>/rank_R.json marker `name` of rank R (published once: link, never overwritten)
+ * gen/<G>/failed/rank_R.json   why rank R failed (its own report, or a peer's finding that it died)
+ * gen/<G>/hb/rank_R.json       rank R's heartbeat: a sequence number and its progress
+ * ```
+ * A generation id is time + pid + random. The leader removes everything an earlier run left
+ * here, opens a new generation, and admits a rank only when it sees the ticket that rank wrote
+ * after the clean; a rank trusts a generation only once it finds its own nonce admitted there.
+ * So markers of an earlier run are never mistaken for this run's, with no clock comparisons.
+ *
+ * Every wait has a deadline, watches the failure folder, checks whether the processes it waits
+ * for are still alive (same machine: /proc; elsewhere: heartbeats), and sleeps on file events and
+ * a timer in between (no busy loop).
+ */
+import { randomBytes } from 'node:crypto';
+import { link, mkdir, open, readdir, readFile, rm, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describeError, FailureError, InputError } from '../errors.js';
+import { tempNameFor, writeFileAtomic } from '../formats/atomic.js';
+import { processState, selfIdentity, type ProcessIdentity } from './liveness.js';
+import { detectSharedDisk } from './shared-disk.js';
+import { Waker } from './waker.js';
+
+export const DEFAULT_BARRIER_TIMEOUT_MS = 2 * 60 * 60 * 1000;
+export const DEFAULT_HEARTBEAT_TIMEOUT_MS = 60 * 1000;
+/** Timer poll on network disks, when no interval is given. */
+export const DEFAULT_POLL_INTERVAL_MS = 1000;
+/** Safety poll next to file events on local disks (events may be missed). */
+export const LOCAL_SAFETY_POLL_MS = 1000;
+
+export interface CoordinatorOptions {
+  /** Folder for the coordination files (created; emptied by the leader at open). */
+  readonly root: string;
+  /** This participant. */
+  readonly rank: number;
+  /** Every participant of the group (global rank numbers). */
+  readonly ranks: readonly number[];
+  /** The rank that cleans and opens generations; default the smallest of `ranks`. */
+  readonly leader?: number;
+  /** Timer poll in ms (network disks: the only wake-up source). */
+  readonly pollInterval?: number;
+  /**
+   * Treat the disk as shared between machines (poll, no file events). Default: detected from the
+   * file-system type of `root` (nfs, lustre, ...) or SHARED_PATHS.
+   */
+  readonly sharedDisk?: boolean;
+  /** Deadline of every wait, ms (default 2 h). */
+  readonly barrierTimeoutMs?: number;
+  /** A heartbeat older than this (ms) means the rank is dead (default 60 s). */
+  readonly heartbeatTimeoutMs?: number;
+  /** How often a running task writes its heartbeat, ms (default min(5 s, timeout / 4)). */
+  readonly heartbeatIntervalMs?: number;
+}
+
+/** Progress a rank publishes with its heartbeat. */
+export interface TaskProgress {
+  readonly done?: number;
+  readonly total?: number;
+  readonly label?: string;
+}
+
+export interface HeartbeatRecord extends TaskProgress {
+  readonly rank: number;
+  readonly seq: number;
+  readonly stage: string;
+  readonly time: number;
+}
+
+export interface FailureRecord {
+  readonly rank: number;
+  readonly stage: string;
+  readonly message: string;
+  readonly host: string;
+  readonly pid: number;
+  readonly time: number;
+  /** Set when a peer reported it (the rank died or went silent). */
+  readonly reportedBy?: number;
+}
+
+export interface WaitOptions {
+  /** Ranks whose marker is awaited (default: all). */
+  readonly ranks?: readonly number[];
+  /** Deadline in ms (default: the barrier timeout). */
+  readonly timeoutMs?: number;
+  /** Ranks whose heartbeat must stay fresh while they are awaited (converters). */
+  readonly heartbeats?: readonly number[];
+  /** Called when a watched rank's heartbeat brings new progress. */
+  readonly onProgress?: (beats: ReadonlyMap<number, HeartbeatRecord>) => void;
+  /** What is being waited for, for messages (default: the marker name). */
+  readonly what?: string;
+}
+
+export type CoordinationFailureKind = 'failed' | 'died' | 'stale' | 'timeout';
+
+/** A wait ended because another rank failed, died, went silent, or time ran out (exit 1). */
+export class CoordinationError extends FailureError {
+  readonly kind: CoordinationFailureKind;
+  /** The rank that failed (not set for timeouts). */
+  readonly failedRank: number | undefined;
+  /** That rank's own error text, when it reported one. */
+  readonly reason: string;
+  constructor(kind: CoordinationFailureKind, message: string, failedRank?: number, reason = message) {
+    super(message);
+    this.kind = kind;
+    this.failedRank = failedRank;
+    this.reason = reason;
+  }
+}
+
+interface Ticket extends ProcessIdentity {
+  readonly rank: number;
+  readonly nonce: string;
+}
+
+export interface HeartbeatHandle {
+  /** Progress to carry in the next beats. */
+  update(progress: TaskProgress): void;
+  /** Stop beating (the file stays; waiters stop checking once the rank's marker is there). */
+  stop(): Promise<void>;
+}
+
+const NAME_RE = /^[A-Za-z0-9_.-]+$/;
+
+function rankOf(file: string): number | undefined {
+  const m = /^rank_(\d+)\.json$/.exec(file);
+  return m === null ? undefined : Number(m[1]);
+}
+
+async function readJson<T>(path: string): Promise<T | undefined> {
+  try {
+    return JSON.parse(await readFile(path, 'utf8')) as T;
+  } catch {
+    return undefined; // absent, or being replaced on a disk without atomic rename semantics
+  }
+}
+
+async function listDir(path: string): Promise<string[]> {
+  try {
+    return await readdir(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
+/**
+ * Publish `text` at `path` once, atomically: written under a temporary name, then hard-linked
+ * to the final name (which fails if it exists). Returns false when it already existed.
+ */
+export async function publishOnce(path: string, text: string): Promise<boolean> {
+  const tmp = tempNameFor(path);
+  const h = await open(tmp, 'wx');
+  try {
+    await h.writeFile(text, 'utf8');
+    await h.sync();
+  } finally {
+    await h.close();
+  }
+  try {
+    await link(tmp, path);
+    return true;
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') return false;
+    if (code === 'EPERM' || code === 'ENOTSUP' || code === 'EOPNOTSUPP' || code === 'EXDEV') {
+      // no hard links on this file system: exclusive create, readers tolerate a partial file
+      try {
+        const f = await open(path, 'wx');
+        try {
+          await f.writeFile(text, 'utf8');
+          await f.sync();
+        } finally {
+          await f.close();
+        }
+        return true;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+        throw e;
+      }
+    }
+    throw err;
+  } finally {
+    await unlink(tmp).catch(() => undefined);
+  }
+}
+
+/** A new generation id: time, pid and randomness. */
+export function newGenerationId(): string {
+  return `${Date.now().toString(36)}-${process.pid}-${randomBytes(6).toString('hex')}`;
+}
+
+function secs(ms: number): string {
+  return ms >= 10_000 ? `${Math.round(ms / 1000)} s` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+function rankList(ranks: readonly number[]): string {
+  if (ranks.length <= 12) return ranks.join(', ');
+  return `${ranks.slice(0, 12).join(', ')}, ... (${ranks.length} ranks)`;
+}
+
+export class Coordinator {
+  readonly root: string;
+  readonly rank: number;
+  readonly ranks: readonly number[];
+  readonly leader: number;
+  /** True when waits poll only (network disk). */
+  readonly polling: boolean;
+  readonly generation: string;
+  /** The generation's folder. */
+  readonly dir: string;
+  readonly barrierTimeoutMs: number;
+  readonly heartbeatTimeoutMs: number;
+  readonly heartbeatIntervalMs: number;
+  private readonly tickMs: number;
+  private readonly waker: Waker;
+  private readonly members = new Map<number, ProcessIdentity>();
+  private readonly beats = new Set<HeartbeatHandle>();
+  private readonly markerCache = new Map<string, Map<number, unknown>>();
+  private closed = false;
+
+  private constructor(init: {
+    opts: CoordinatorOptions;
+    leader: number;
+    polling: boolean;
+    generation: string;
+    waker: Waker;
+  }) {
+    const o = init.opts;
+    this.root = o.root;
+    this.rank = o.rank;
+    this.ranks = [...o.ranks];
+    this.leader = init.leader;
+    this.polling = init.polling;
+    this.generation = init.generation;
+    this.dir = join(o.root, 'gen', init.generation);
+    this.barrierTimeoutMs = o.barrierTimeoutMs ?? DEFAULT_BARRIER_TIMEOUT_MS;
+    this.heartbeatTimeoutMs = o.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS;
+    this.heartbeatIntervalMs = o.heartbeatIntervalMs ?? Math.max(50, Math.min(5000, Math.floor(this.heartbeatTimeoutMs / 4)));
+    this.tickMs = init.polling ? (o.pollInterval ?? DEFAULT_POLL_INTERVAL_MS) : (o.pollInterval ?? LOCAL_SAFETY_POLL_MS);
+    this.waker = init.waker;
+  }
+
+  /**
+   * Join the group's current run. The leader removes what earlier runs left under `root`, opens a
+   * new generation and waits until every rank has joined; the others write a ticket and wait
+   * until the leader admits it. Resolves once this rank is part of the generation (the leader:
+   * once all are).
+   */
+  static async open(opts: CoordinatorOptions): Promise<Coordinator> {
+    if (!opts.ranks.includes(opts.rank)) {
+      throw new InputError(`rank ${opts.rank} is not one of the group's ranks [${rankList(opts.ranks)}]`);
+    }
+    if (new Set(opts.ranks).size !== opts.ranks.length) throw new InputError('coordination group lists a rank twice');
+    const leader = opts.leader ?? Math.min(...opts.ranks);
+    if (!opts.ranks.includes(leader)) throw new InputError(`leader ${leader} is not one of the group's ranks`);
+    const polling = opts.sharedDisk ?? detectSharedDisk(opts.root).network;
+    const timeout = opts.barrierTimeoutMs ?? DEFAULT_BARRIER_TIMEOUT_MS;
+    const tick = polling ? (opts.pollInterval ?? DEFAULT_POLL_INTERVAL_MS) : (opts.pollInterval ?? LOCAL_SAFETY_POLL_MS);
+    const root = opts.root;
+    await mkdir(join(root, 'tickets'), { recursive: true });
+    await mkdir(join(root, 'gen'), { recursive: true });
+    const waker = await Waker.create(root, !polling);
+    const me = selfIdentity();
+    const nonce = randomBytes(12).toString('hex');
+    const ticket: Ticket = { ...me, rank: opts.rank, nonce };
+    const ticketPath = join(root, 'tickets', `rank_${opts.rank}.json`);
+    const started = Date.now();
+    try {
+      if (opts.rank === leader) {
+        // Clean what earlier runs left: the pointer first (so nobody trusts it), then tickets
+        // and old generations. Only files the coordinator itself writes live here.
+        await rm(join(root, 'current.json'), { force: true });
+        // (only finished tickets: a follower may be writing its temporary file right now)
+        for (const f of await listDir(join(root, 'tickets'))) {
+          if (rankOf(f) !== undefined) await rm(join(root, 'tickets', f), { force: true });
+        }
+        for (const g of await listDir(join(root, 'gen'))) await rm(join(root, 'gen', g), { recursive: true, force: true });
+        const generation = newGenerationId();
+        const dir = join(root, 'gen', generation);
+        for (const sub of ['admitted', 'failed', 'hb', 'm']) await mkdir(join(dir, sub), { recursive: true });
+        await writeFileAtomic(join(dir, 'open.json'), JSON.stringify({ generation, leader, ranks: opts.ranks, opened: Date.now(), by: me }));
+        await writeFileAtomic(join(dir, 'admitted', `rank_${leader}.json`), JSON.stringify(ticket));
+        await writeFileAtomic(join(root, 'current.json'), JSON.stringify({ generation }));
+        const c = new Coordinator({ opts, leader, polling, generation, waker });
+        c.members.set(leader, me);
+        const admitted = new Map<number, string>([[leader, nonce]]);
+        for (;;) {
+          waker.arm();
+          for (const f of await listDir(join(root, 'tickets'))) {
+            const r = rankOf(f);
+            if (r === undefined || !opts.ranks.includes(r)) continue;
+            const t = await readJson<Ticket>(join(root, 'tickets', f));
+            if (t === undefined || t.rank !== r || typeof t.nonce !== 'string') continue;
+            if (admitted.get(r) === t.nonce) continue;
+            await writeFileAtomic(join(dir, 'admitted', `rank_${r}.json`), JSON.stringify(t));
+            admitted.set(r, t.nonce);
+            c.members.set(r, t);
+          }
+          if (admitted.size === opts.ranks.length) return c;
+          const waited = Date.now() - started;
+          if (waited > timeout) {
+            const missing = opts.ranks.filter((r) => !admitted.has(r));
+            const err = new CoordinationError('timeout', `timed out after ${secs(waited)} waiting for ranks ${rankList(missing)} to start (${admitted.size} of ${opts.ranks.length} joined)`);
+            await c.fail('join', err);
+            await c.close();
+            throw err;
+          }
+          await waker.sleep(Math.min(tick, timeout - waited + 1));
+        }
+      }
+      // A follower: ticket, then wait for our nonce to be admitted in the current generation.
+      const writeTicket = async (): Promise<void> => {
+        await writeFileAtomic(ticketPath, JSON.stringify(ticket)).catch(async (err: unknown) => {
+          // the leader's clean may remove the folder or our temporary file: write again next round
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+          await mkdir(join(root, 'tickets'), { recursive: true });
+        });
+      };
+      await writeTicket();
+      for (;;) {
+        waker.arm();
+        const mine = await readJson<Ticket>(ticketPath);
+        if (mine === undefined || mine.nonce !== nonce) await writeTicket();
+        const cur = await readJson<{ generation: string }>(join(root, 'current.json'));
+        if (cur !== undefined && typeof cur.generation === 'string' && NAME_RE.test(cur.generation)) {
+          const adm = await readJson<Ticket>(join(root, 'gen', cur.generation, 'admitted', `rank_${opts.rank}.json`));
+          if (adm !== undefined && adm.nonce === nonce) {
+            return new Coordinator({ opts, leader, polling, generation: cur.generation, waker });
+          }
+        }
+        const waited = Date.now() - started;
+        if (waited > timeout) {
+          throw new CoordinationError('timeout', `timed out after ${secs(waited)} waiting for rank ${leader} to open the run's coordination (in ${root})`);
+        }
+        await waker.sleep(Math.min(tick, timeout - waited + 1));
+      }
+    } catch (err) {
+      await waker.close();
+      throw err;
+    }
+  }
+
+  private markerDir(name: string): string {
+    if (!NAME_RE.test(name)) throw new InputError(`marker name '${name}' may hold only letters, digits, '_', '.', '-'`);
+    return join(this.dir, 'm', name);
+  }
+
+  /** Publish this rank's marker `name` with optional JSON data (once; a second call is ignored). */
+  async publish(name: string, data: unknown = null): Promise<void> {
+    const dir = this.markerDir(name);
+    await mkdir(dir, { recursive: true });
+    await publishOnce(join(dir, `rank_${this.rank}.json`), JSON.stringify({ rank: this.rank, data }));
+  }
+
+  /**
+   * Markers `name` published so far: rank -> data. Markers never change once published, so
+   * each is read once (a wait costs one directory listing per wake-up, not one read per rank).
+   */
+  async published<T = unknown>(name: string): Promise<Map<number, T>> {
+    const dir = this.markerDir(name);
+    let cache = this.markerCache.get(name);
+    if (cache === undefined) {
+      cache = new Map<number, unknown>();
+      this.markerCache.set(name, cache);
+    }
+    for (const f of await listDir(dir)) {
+      const r = rankOf(f);
+      if (r === undefined || cache.has(r)) continue;
+      const rec = await readJson<{ rank: number; data: T }>(join(dir, f));
+      if (rec !== undefined) cache.set(r, rec.data);
+    }
+    return new Map(cache as Map<number, T>);
+  }
+
+  /** Failure reports of this generation, the ranks' own reports first, then by time. */
+  async failures(): Promise<FailureRecord[]> {
+    const dir = join(this.dir, 'failed');
+    const out: FailureRecord[] = [];
+    for (const f of await listDir(dir)) {
+      if (rankOf(f) === undefined) continue;
+      const rec = await readJson<FailureRecord>(join(dir, f));
+      if (rec !== undefined) out.push(rec);
+    }
+    out.sort((a, b) => Number(a.reportedBy !== undefined) - Number(b.reportedBy !== undefined) || a.time - b.time || a.rank - b.rank);
+    return out;
+  }
+
+  /** Report this rank's failure so every waiting rank stops (best effort; never throws). */
+  async fail(stage: string, err: unknown): Promise<void> {
+    const me = selfIdentity();
+    const rec: FailureRecord = { rank: this.rank, stage, message: describeError(err), host: me.host, pid: me.pid, time: Date.now() };
+    await publishOnce(join(this.dir, 'failed', `rank_${this.rank}.json`), JSON.stringify(rec)).catch(() => undefined);
+  }
+
+  private async reportFor(rank: number, awaited: string, message: string): Promise<void> {
+    const who = await this.member(rank);
+    // name what the rank was doing when it has said so in a heartbeat, else what we awaited
+    const hb = await readJson<HeartbeatRecord>(join(this.dir, 'hb', `rank_${rank}.json`));
+    const stage = hb?.stage ?? awaited;
+    const rec: FailureRecord = {
+      rank, stage, message, host: who?.host ?? '?', pid: who?.pid ?? -1, time: Date.now(), reportedBy: this.rank,
+    };
+    await publishOnce(join(this.dir, 'failed', `rank_${rank}.json`), JSON.stringify(rec)).catch(() => undefined);
+  }
+
+  private async member(rank: number): Promise<ProcessIdentity | undefined> {
+    const known = this.members.get(rank);
+    if (known !== undefined) return known;
+    const t = await readJson<Ticket>(join(this.dir, 'admitted', `rank_${rank}.json`));
+    if (t !== undefined) this.members.set(rank, t);
+    return t;
+  }
+
+  private async throwIfFailed(): Promise<void> {
+    const f = await this.failures();
+    const first = f[0];
+    if (first === undefined) return;
+    const where = first.host !== '?' ? ` (host ${first.host}, pid ${first.pid})` : '';
+    const others = f.length > 1 ? `; ${f.length - 1} more rank(s) failed: ${f.slice(1).map((x) => x.rank).join(', ')}` : '';
+    const kind: CoordinationFailureKind = first.reportedBy === undefined ? 'failed' : /heartbeat/.test(first.message) ? 'stale' : 'died';
+    throw new CoordinationError(kind, `rank ${first.rank}${where} failed during '${first.stage}': ${first.message}${others}`, first.rank, first.message);
+  }
+
+  /**
+   * Wait until every rank in `opts.ranks` (default all) has published marker `name`. Throws a
+   * CoordinationError as soon as any rank of the generation reports a failure, an awaited rank's
+   * process is gone (same machine), a watched heartbeat goes stale, or the deadline passes.
+   */
+  async waitAll<T = unknown>(name: string, opts: WaitOptions = {}): Promise<Map<number, T>> {
+    const ranks = opts.ranks ?? this.ranks;
+    const timeout = opts.timeoutMs ?? this.barrierTimeoutMs;
+    const what = opts.what ?? `'${name}'`;
+    const watched = new Set(opts.heartbeats ?? []);
+    const started = Date.now();
+    const lastBeat = new Map<number, { seq: number; at: number; rec?: HeartbeatRecord }>();
+    for (const r of watched) lastBeat.set(r, { seq: -1, at: started });
+    const hbCheck = watched.size > 0 ? Math.max(20, Math.floor(this.heartbeatTimeoutMs / 4)) : Infinity;
+    for (;;) {
+      if (this.closed) throw new FailureError('coordinator closed while waiting');
+      this.waker.arm();
+      await this.throwIfFailed();
+      const got = await this.published<T>(name);
+      const missing = ranks.filter((r) => !got.has(r));
+      if (missing.length === 0) {
+        const out = new Map<number, T>();
+        for (const r of ranks) out.set(r, got.get(r) as T);
+        return out;
+      }
+      const now = Date.now();
+      // a process we wait for that is gone will never publish
+      for (const r of missing) {
+        if (r === this.rank) continue;
+        const who = await this.member(r);
+        if (who !== undefined && processState(who) === 'dead') {
+          await this.reportFor(r, name, `its process (pid ${who.pid} on ${who.host}) ended without reporting: killed (SIGKILL, out of memory) or crashed`);
+          await this.throwIfFailed();
+        }
+      }
+      // heartbeats of the ranks doing the work
+      let progressed = false;
+      for (const r of watched) {
+        if (!missing.includes(r)) continue;
+        const rec = await readJson<HeartbeatRecord>(join(this.dir, 'hb', `rank_${r}.json`));
+        const last = lastBeat.get(r) as { seq: number; at: number; rec?: HeartbeatRecord };
+        if (rec !== undefined && rec.seq !== last.seq) {
+          lastBeat.set(r, { seq: rec.seq, at: now, rec });
+          progressed = true;
+        } else if (now - last.at > this.heartbeatTimeoutMs) {
+          const lastText = last.rec !== undefined ? describeProgress(last.rec) : 'no heartbeat at all';
+          await this.reportFor(r, name, `no heartbeat for ${secs(now - last.at)} (limit ${secs(this.heartbeatTimeoutMs)}; last: ${lastText}): killed (SIGKILL, out of memory), hung, or its node is down`);
+          await this.throwIfFailed();
+        }
+      }
+      if (progressed && opts.onProgress !== undefined) {
+        const m = new Map<number, HeartbeatRecord>();
+        for (const [r, b] of lastBeat) if (b.rec !== undefined) m.set(r, b.rec);
+        opts.onProgress(m);
+      }
+      const waited = now - started;
+      if (waited > timeout) {
+        throw new CoordinationError(
+          'timeout',
+          `timed out after ${secs(waited)} waiting for ${what}: ranks ${rankList(missing)} did not arrive (${ranks.length - missing.length} of ${ranks.length} did)`,
+        );
+      }
+      await this.waker.sleep(Math.min(this.tickMs, hbCheck, timeout - waited + 1));
+    }
+  }
+
+  /** Publish marker `name` and wait for every rank's (a barrier). */
+  async barrier<T = unknown>(name: string, data: unknown = null, opts: WaitOptions = {}): Promise<Map<number, T>> {
+    await this.publish(name, data);
+    return this.waitAll<T>(name, opts);
+  }
+
+  /** Start writing this rank's heartbeat every `heartbeatIntervalMs` until `stop()`. */
+  startHeartbeat(stage: string): HeartbeatHandle {
+    const path = join(this.dir, 'hb', `rank_${this.rank}.json`);
+    let seq = 0;
+    let progress: TaskProgress = {};
+    let writing: Promise<void> = Promise.resolve();
+    const beat = (): void => {
+      seq += 1;
+      const rec: HeartbeatRecord = { rank: this.rank, seq, stage, time: Date.now(), ...progress };
+      writing = writing.then(() => writeFileAtomic(path, JSON.stringify(rec))).catch(() => undefined);
+    };
+    beat();
+    const timer = setInterval(beat, this.heartbeatIntervalMs);
+    timer.unref();
+    const handle: HeartbeatHandle = {
+      update: (p) => {
+        progress = { ...p };
+      },
+      stop: async () => {
+        clearInterval(timer);
+        this.beats.delete(handle);
+        await writing;
+      },
+    };
+    this.beats.add(handle);
+    return handle;
+  }
+
+  /** Stop heartbeats and file watching. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const b of [...this.beats]) await b.stop();
+    await this.waker.close();
+  }
+}
+
+function describeProgress(h: HeartbeatRecord): string {
+  const parts: string[] = [`'${h.stage}'`];
+  if (h.done !== undefined && h.total !== undefined) parts.push(`${h.done}/${h.total}`);
+  if (h.label !== undefined) parts.push(h.label);
+  return parts.join(' ');
+}

@@ -1,0 +1,70 @@
+/**
+ * Sleeping until something may have changed on disk: file events from chokidar (local disks)
+ * and a timer (always; the only source on network disks, where other machines' writes raise no
+ * events). Never a busy loop: between wake-ups the process is idle.
+ */
+import { watch, type FSWatcher } from 'chokidar';
+
+export class Waker {
+  private pending = false;
+  private wake: (() => void) | null = null;
+  private watcher: FSWatcher | null = null;
+
+  private constructor() {}
+
+  /**
+   * `dir`: folder to watch (recursively, to `depth`); `events`: false = timer only (polling mode).
+   */
+  static async create(dir: string, events: boolean, depth = 4): Promise<Waker> {
+    const w = new Waker();
+    if (events) {
+      const watcher = watch(dir, { ignoreInitial: true, depth, persistent: false, atomic: false });
+      w.watcher = watcher;
+      watcher.on('all', () => w.notify());
+      watcher.on('error', () => w.notify());
+      await new Promise<void>((res) => {
+        watcher.once('ready', () => res());
+      });
+    }
+    return w;
+  }
+
+  /** Something changed: wake a sleeper now, or the next one to sleep. */
+  notify(): void {
+    this.pending = true;
+    const f = this.wake;
+    if (f !== null) f();
+  }
+
+  /** Forget earlier notifications; call before checking the condition. */
+  arm(): void {
+    this.pending = false;
+  }
+
+  /** Sleep until notified (since the last `arm`) or `ms` passed. */
+  async sleep(ms: number): Promise<void> {
+    if (this.pending) {
+      this.pending = false;
+      return;
+    }
+    await new Promise<void>((res) => {
+      const t = setTimeout(done, Math.max(1, ms));
+      const self = this;
+      function done(): void {
+        clearTimeout(t);
+        self.wake = null;
+        res();
+      }
+      this.wake = done;
+    });
+    this.pending = false;
+  }
+
+  async close(): Promise<void> {
+    const w = this.watcher;
+    this.watcher = null;
+    const f = this.wake;
+    if (f !== null) f();
+    if (w !== null) await w.close();
+  }
+}

@@ -1,0 +1,628 @@
+/**
+ * `msckpt launch`: the step sequence of a job start, run by every rank msrun starts.
+ *
+ * 1. Without auto_trans_ckpt and only_save_strategy: validate, start the command unchanged.
+ * 2. Clean: one rank per coordination group (global rank 0 on a shared disk; each node's first
+ *    local rank without one) removes what msckpt or a strategy pass wrote under
+ *    output/strategy and output/transformed_checkpoint, then the group's generation opens.
+ * 3. Strategy: a strategy-only pass of the training command (derived YAML with
+ *    only_save_strategy: True), or --dst-strategy; all ranks wait for every rank's file; with
+ *    pipeline stages one rank merges them.
+ * 4. Check: one rank plans the conversion; a missing parameter or a shape mismatch stops every
+ *    rank with that report; weights that already match the layout are used as they are.
+ * 5. Convert: ranks 0, W/K, 2W/K, ... write destination slices [r, r + W/K) with a heartbeat;
+ *    the others wait (and fail promptly when a converter fails or dies).
+ * 6. Train: the command with a derived YAML (load_checkpoint -> converted weights,
+ *    auto_trans_ckpt: False), stdio inherited, SIGINT/SIGTERM forwarded; its exit code returned.
+ * With only_save_strategy: True the launch is a dry run: strategies, then the plan, exit 0.
+ */
+import { execa } from 'execa';
+import { existsSync } from 'node:fs';
+import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { constants as osConstants } from 'node:os';
+import { formatBytes } from '../cli/progress.js';
+import { CoordinationError, Coordinator, type HeartbeatHandle } from '../coordination/coordinator.js';
+import { detectSharedDisk } from '../coordination/shared-disk.js';
+import { describeError, FailureError, InputError } from '../errors.js';
+import { writeFileAtomic } from '../formats/atomic.js';
+import { mergeStrategies } from '../formats/strategy/merge.js';
+import { bufferSizes, DEFAULT_MEMORY, planRank, type Plan } from '../plan/build.js';
+import { createOutputSink, openWeightsFile } from '../plan/io.js';
+import { loadPlan } from '../plan/load.js';
+import { createTransformSourcePool, executeRankPlan, sinkTensorOf, TransformBuffers } from '../transform/execute.js';
+import { loadRunConfig, deriveRunConfig, transformedNames, type RunConfig } from './config.js';
+import { rankIdentity, type RankIdentity } from './identity.js';
+
+export interface LaunchOptions {
+  /** The run YAML (never modified). */
+  readonly config: string;
+  /** The training command; every `{config}` is replaced by the YAML the command should read. */
+  readonly command: readonly string[];
+  /** Environment (msrun's variables); default process.env. */
+  readonly env?: NodeJS.ProcessEnv;
+  /** Working directory of the command (relative YAML paths resolve against it); default cwd. */
+  readonly cwd?: string;
+  /** A destination strategy file or folder instead of a strategy-only pass. */
+  readonly dstStrategy?: string;
+  /** Seconds every barrier waits at most (default: the YAML's msckpt.barrier_timeout, else 7200). */
+  readonly barrierTimeout?: number;
+  /** Seconds without a converter's heartbeat before it counts as dead (default 60). */
+  readonly heartbeatTimeout?: number;
+  /** Poll interval in milliseconds (default: automatic). */
+  readonly pollInterval?: number;
+  /** Force (true) or deny (false) a disk shared by all nodes; default: detected. */
+  readonly sharedDisk?: boolean;
+  /** Workers per node when msrun's environment cannot tell. */
+  readonly localWorkerNum?: number;
+  /** Buffer budget of a converter in bytes (default 512 MiB). */
+  readonly memory?: number;
+  /** Where progress lines go (default: stderr, prefixed with the rank). */
+  readonly log?: (line: string) => void;
+}
+
+/** One converter and the destination slices it writes. */
+export interface ConverterAssignment {
+  readonly rank: number;
+  readonly slices: readonly number[];
+}
+
+/**
+ * Converters of a group (spec: ranks 0, W/K, 2W/K, ... convert [r, r + W/K)), restricted to the
+ * group's ranks: without a shared disk a block that starts on another node is converted by the
+ * first rank of this node inside it, so every node writes only its own ranks.
+ */
+export function assignConverters(worldSize: number, transformProcessNum: number, groupRanks: readonly number[]): ConverterAssignment[] {
+  const k = Math.min(Math.max(1, transformProcessNum), worldSize);
+  if (worldSize % k !== 0) throw new InputError(`transform_process_num ${k} does not divide the device count ${worldSize}`);
+  const step = worldSize / k;
+  const inGroup = new Set(groupRanks);
+  const out: ConverterAssignment[] = [];
+  for (let b = 0; b < worldSize; b += step) {
+    const slices: number[] = [];
+    for (let r = b; r < b + step; r++) if (inGroup.has(r)) slices.push(r);
+    if (slices.length > 0) out.push({ rank: slices[0] as number, slices });
+  }
+  return out;
+}
+
+/** What one source `<name>` needs, decided by the checking rank. */
+interface NameCheck {
+  name: string;
+  /** The source path (file or folder of rank_N). */
+  source: string;
+  /** True: the source already holds exactly the job's slices; used as it is. */
+  reuse: boolean;
+  bytesRead: number;
+  bytesWritten: number;
+  peakMemory: number;
+  ranks: Array<{ rank: number; bytesWritten: number; peakMemory: number; sourceRanks: readonly number[] }>;
+  dropped: readonly string[];
+}
+
+interface CheckResult {
+  names: NameCheck[];
+  dstStrategy: string | null;
+}
+
+function defaultLog(rank: string): (line: string) => void {
+  return (line) => {
+    process.stderr.write(`msckpt[${rank}]: ${line}\n`);
+  };
+}
+
+/** Replace `{config}` in every argument. */
+export function substituteConfig(command: readonly string[], configPath: string): string[] {
+  return command.map((a) => a.split('{config}').join(configPath));
+}
+
+function signalNumber(sig: string | undefined): number {
+  if (sig === undefined) return 1;
+  const n = (osConstants.signals as Record<string, number>)[sig];
+  return n === undefined ? 1 : 128 + n;
+}
+
+/** Hooks for deterministic failure tests: `RANK:N` = that converter stops after N files. */
+function testHook(env: NodeJS.ProcessEnv, name: string, rank: number): number | undefined {
+  const v = env[name];
+  if (v === undefined || v === '') return undefined;
+  const m = /^(\d+):(\d+)$/.exec(v.trim());
+  if (m === null || Number(m[1]) !== rank) return undefined;
+  return Number(m[2]);
+}
+
+/**
+ * Run a command with stdio inherited and SIGINT/SIGTERM forwarded; returns its exit code (128 +
+ * signal number when a signal ended it). `tail` keeps the end of its stderr for messages.
+ */
+async function runCommand(
+  argv: readonly string[],
+  opts: { cwd: string; env: NodeJS.ProcessEnv; captureTail?: boolean },
+): Promise<{ code: number; tail: string }> {
+  const [file, ...args] = argv;
+  if (file === undefined) throw new InputError('no training command given (put it after `--`)');
+  let tail = '';
+  const child = execa(file, args, {
+    cwd: opts.cwd,
+    env: opts.env,
+    extendEnv: false,
+    reject: false,
+    stdin: 'inherit',
+    stdout: 'inherit',
+    stderr: opts.captureTail === true ? 'pipe' : 'inherit',
+    buffer: false,
+  });
+  if (opts.captureTail === true && child.stderr !== null) {
+    child.stderr.on('data', (chunk: Buffer) => {
+      process.stderr.write(chunk);
+      tail = (tail + chunk.toString('utf8')).slice(-2000);
+    });
+  }
+  const forward = (sig: NodeJS.Signals): void => {
+    child.kill(sig);
+  };
+  const onInt = (): void => forward('SIGINT');
+  const onTerm = (): void => forward('SIGTERM');
+  process.on('SIGINT', onInt);
+  process.on('SIGTERM', onTerm);
+  try {
+    const r = await child;
+    if (r.failed && r.exitCode === undefined && r.signal === undefined) {
+      throw new InputError(`cannot start the training command '${file}': ${r.shortMessage ?? r.message}`);
+    }
+    const code = r.exitCode ?? signalNumber(r.signal);
+    return { code, tail: tail.trim() };
+  } finally {
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+  }
+}
+
+const STRATEGY_FILE = /^.+_rank_\d+\.(ckpt|json)$/;
+const MERGED_FILES = new Set(['merged_ckpt_strategy.ckpt', 'merged_ckpt_strategy.json', 'merge_succeed.txt']);
+const TRANSFORMED_FILE = /^(checkpoint_\d+\.(ckpt|safetensors)|\.checkpoint_\d+\.(ckpt|safetensors)\.\d+\.\d+\.tmp)$/;
+const TRANSFORMED_MARKERS = /^(transform_manifest\.json|transform_(succeed|failed)_rank_\d+\.txt)$/;
+
+async function listNames(dir: string): Promise<Array<{ name: string; dir: boolean }>> {
+  try {
+    return (await readdir(dir, { withFileTypes: true })).map((d) => ({ name: d.name, dir: d.isDirectory() }));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+}
+
+export interface CleanReport {
+  /** Files removed. */
+  readonly removed: number;
+  /** Files left because msckpt did not create them. */
+  readonly kept: readonly string[];
+}
+
+/**
+ * Empty a job's output/strategy and output/transformed_checkpoint of what msckpt or a strategy
+ * pass writes there (strategy files `*_rank_N.ckpt`, merged strategies, `<name>/rank_N/checkpoint_N.ckpt`,
+ * markers, manifests), removing folders left empty. Anything else is kept and listed. With
+ * `ranks` (one node's ranks, no shared disk), other ranks' strategy files and rank folders are
+ * left alone.
+ */
+export async function cleanJobOutputs(strategyDir: string, transformedDir: string, ranks?: readonly number[]): Promise<CleanReport> {
+  let removed = 0;
+  const kept: string[] = [];
+  const mine = ranks === undefined ? null : new Set(ranks);
+  const othersRank = (name: string): boolean => {
+    const m = /_(\d+)(\.[a-z]+)?$/.exec(name);
+    return mine !== null && m !== null && !mine.has(Number(m[1]));
+  };
+  for (const e of await listNames(strategyDir)) {
+    const p = join(strategyDir, e.name);
+    if (!e.dir && STRATEGY_FILE.test(e.name) && othersRank(e.name)) continue;
+    if (!e.dir && (STRATEGY_FILE.test(e.name) || MERGED_FILES.has(e.name))) {
+      await rm(p, { force: true });
+      removed++;
+    } else kept.push(p);
+  }
+  for (const n of await listNames(transformedDir)) {
+    const nameDir = join(transformedDir, n.name);
+    if (!n.dir) {
+      if (TRANSFORMED_MARKERS.test(n.name)) {
+        await rm(nameDir, { force: true });
+        removed++;
+      } else kept.push(nameDir);
+      continue;
+    }
+    for (const e of await listNames(nameDir)) {
+      const p = join(nameDir, e.name);
+      if (e.dir && /^rank_\d+$/.test(e.name)) {
+        if (othersRank(e.name)) continue;
+        for (const f of await listNames(p)) {
+          const fp = join(p, f.name);
+          if (!f.dir && TRANSFORMED_FILE.test(f.name)) {
+            await rm(fp, { force: true });
+            removed++;
+          } else kept.push(fp);
+        }
+        await rmdir(p).catch(() => undefined);
+      } else if (!e.dir && TRANSFORMED_MARKERS.test(e.name)) {
+        await rm(p, { force: true });
+        removed++;
+      } else kept.push(p);
+    }
+    await rmdir(nameDir).catch(() => undefined);
+  }
+  return { removed, kept };
+}
+
+/** True when every destination rank r takes each tensor whole, unchanged, from source rank r. */
+export function planIsIdentity(plan: Plan): boolean {
+  if (plan.source.files.length !== plan.destination.deviceCount || plan.source.files.length <= 1) return false;
+  if (plan.dropped.length > 0) return false;
+  for (const s of plan.ranks) {
+    const rp = planRank(plan, s.rank);
+    for (const t of rp.tensors) {
+      if (t.ops.length !== 1) return false;
+      const op = t.ops[0]!;
+      if (op.srcRank !== s.rank) return false;
+      if (op.srcShape.length !== t.shape.length || op.srcShape.some((d, i) => d !== t.shape[i])) return false;
+    }
+  }
+  return true;
+}
+
+interface Ctx {
+  /** The ranks this rank coordinates with (all, or its node's without a shared disk). */
+  group: readonly number[];
+  shared: boolean;
+  cfg: RunConfig;
+  id: RankIdentity;
+  env: NodeJS.ProcessEnv;
+  cwd: string;
+  log: (line: string) => void;
+  command: readonly string[];
+}
+
+/** The derived YAML for `purpose`, written under output/msckpt (per rank, so no two ranks race). */
+async function writeDerived(ctx: Ctx, purpose: string, overrides: Record<string, unknown>): Promise<string> {
+  const path = ctx.cfg.paths.derivedConfig(`${purpose}_rank_${ctx.id.rank}`);
+  await mkdir(ctx.cfg.paths.msckptDir, { recursive: true });
+  await writeFileAtomic(path, deriveRunConfig(ctx.cfg, overrides));
+  return path;
+}
+
+function childEnv(ctx: Ctx): NodeJS.ProcessEnv {
+  return { ...ctx.env, MSCKPT_RANK: String(ctx.id.rank), MSCKPT_WORLD_SIZE: String(ctx.id.worldSize) };
+}
+
+/** Resolve a path of the YAML against the command's working directory. */
+function abs(ctx: Ctx, p: string): string {
+  return resolve(ctx.cfg.baseDir, p);
+}
+
+/** The sources to convert: one folder of rank_N, or each complete file (its stem is the name). */
+function sourcesOf(ctx: Ctx): Array<{ name: string; path: string }> {
+  const s = ctx.cfg.source;
+  if (s === undefined || s.kind === 'missing' || s.kind === 'empty-dir') {
+    throw new InputError(`load_checkpoint '${ctx.cfg.loadCheckpoint}' holds no checkpoint to convert`, { key: 'load_checkpoint' });
+  }
+  const names = transformedNames(s);
+  if (s.kind === 'rank-dir') return [{ name: names[0] as string, path: s.path }];
+  return s.files.map((f, i) => ({ name: names[i] as string, path: f }));
+}
+
+async function strategyStep(ctx: Ctx, coord: Coordinator, dstOverride: string | undefined): Promise<string | null> {
+  const { cfg, id, log } = ctx;
+  if (!cfg.useParallel) return null; // one complete checkpoint
+  if (dstOverride !== undefined) {
+    const p = abs(ctx, dstOverride);
+    if (!existsSync(p)) throw new InputError('destination strategy not found', { file: p });
+    log(`destination strategy: ${p} (given)`);
+    return p;
+  }
+  const yamlPath = await writeDerived(ctx, 'strategy_pass', { only_save_strategy: true, auto_trans_ckpt: false });
+  const mine = cfg.paths.strategyFile(id.rank);
+  if (id.rank === coord.leader) log(`strategy-only pass: ${substituteConfig(ctx.command, yamlPath).join(' ')}`);
+  const r = await runCommand(substituteConfig(ctx.command, yamlPath), { cwd: ctx.cwd, env: childEnv(ctx), captureTail: true });
+  if (r.code !== 0) {
+    throw new FailureError(`the strategy-only pass exited with code ${r.code}${r.tail !== '' ? `: ${r.tail.split('\n').slice(-3).join(' | ')}` : ''}`);
+  }
+  if (!existsSync(mine)) throw new FailureError(`the strategy-only pass ended but wrote no ${mine}`);
+  await coord.publish('strategy', { file: mine });
+  await coord.waitAll('strategy', { what: "every rank's strategy file" });
+  if (cfg.parallelConfig.pipelineStage > 1) {
+    if (id.rank === coord.leader) {
+      const files = coord.ranks.map((r) => cfg.paths.strategyFile(r));
+      const rep = await mergeStrategies(files, cfg.paths.mergedStrategy);
+      log(`merged ${rep.files} strategy files (stages ${rep.stages.join(', ')}) into ${cfg.paths.mergedStrategy}`);
+      await coord.publish('merged');
+    } else {
+      await coord.waitAll('merged', { ranks: [coord.leader], what: 'the merged strategy' });
+    }
+    return cfg.paths.mergedStrategy;
+  }
+  return cfg.paths.strategyFile(coord.ranks[0] as number);
+}
+
+async function checkStep(ctx: Ctx, coord: Coordinator, dst: string | null, memory: number): Promise<CheckResult> {
+  const { cfg, id } = ctx;
+  if (id.rank !== coord.leader) {
+    const got = await coord.waitAll<CheckResult>('checked', { ranks: [coord.leader], what: 'the check of the weights' });
+    return got.get(coord.leader) as CheckResult;
+  }
+  const srcStrategy = cfg.srcStrategyPathOrDir !== '' && cfg.source?.kind === 'rank-dir' ? abs(ctx, cfg.srcStrategyPathOrDir) : null;
+  const names: NameCheck[] = [];
+  for (const s of sourcesOf(ctx)) {
+    const loaded = await loadPlan({
+      srcCheckpoint: s.path, srcStrategy, dstStrategy: dst, memory, worldSize: cfg.useParallel ? id.worldSize : 1,
+      ...(ctx.shared || !cfg.useParallel ? {} : { ranks: ctx.group }),
+    });
+    for (const n of loaded.notices) ctx.log(n);
+    const plan = loaded.plan;
+    names.push({
+      name: s.name,
+      source: s.path,
+      reuse: planIsIdentity(plan),
+      bytesRead: plan.bytesRead,
+      bytesWritten: plan.bytesWritten,
+      peakMemory: plan.peakMemory,
+      ranks: plan.ranks.map((r) => ({ rank: r.rank, bytesWritten: r.bytesWritten, peakMemory: r.peakMemory, sourceRanks: r.sourceRanks })),
+      dropped: plan.dropped,
+    });
+  }
+  // with several sources, reuse only when all match (the derived YAML names one folder)
+  if (names.length > 1 && names.some((n) => !n.reuse)) for (const n of names) n.reuse = false;
+  const result: CheckResult = { names, dstStrategy: dst };
+  await coord.publish('checked', result);
+  return result;
+}
+
+function describePlan(ctx: Ctx, check: CheckResult, converters: readonly ConverterAssignment[]): string[] {
+  const lines: string[] = [];
+  for (const n of check.names) {
+    if (n.reuse) {
+      lines.push(`${n.name}: ${n.source} already holds this job's slices; no conversion`);
+      continue;
+    }
+    lines.push(`${n.name}: ${n.source} -> ${ctx.cfg.paths.transformedDir}/${n.name}/rank_R/checkpoint_R.ckpt`);
+    const per = new Map(n.ranks.map((r) => [r.rank, r]));
+    for (const c of converters) {
+      const rs = c.slices.map((r) => per.get(r)).filter((x) => x !== undefined);
+      const bytes = rs.reduce((s, r) => s + r.bytesWritten, 0);
+      const mem = rs.reduce((m, r) => Math.max(m, r.peakMemory), 0);
+      lines.push(
+        `  converter rank ${c.rank}: slices ${c.slices[0]}..${c.slices[c.slices.length - 1]} (${c.slices.length} files, ${formatBytes(bytes)} written, buffers ${formatBytes(mem)})`,
+      );
+    }
+    lines.push(`  total: ${formatBytes(n.bytesRead)} read, ${formatBytes(n.bytesWritten)} written (disk needed), peak buffers per converter ${formatBytes(n.peakMemory)}`);
+    if (n.dropped.length > 0) lines.push(`  not in the job's layout (dropped): ${n.dropped.join(', ')}`);
+  }
+  return lines;
+}
+
+async function convertSlices(
+  ctx: Ctx,
+  name: NameCheck,
+  slices: readonly number[],
+  dst: string | null,
+  memory: number,
+  hb: HeartbeatHandle,
+  counter: { files: number; dieAfter?: number; throwAfter?: number },
+): Promise<void> {
+  const { cfg, id } = ctx;
+  const srcStrategy = cfg.srcStrategyPathOrDir !== '' && cfg.source?.kind === 'rank-dir' ? abs(ctx, cfg.srcStrategyPathOrDir) : null;
+  const loaded = await loadPlan({
+    srcCheckpoint: name.source, srcStrategy, dstStrategy: dst, memory, ranks: slices, worldSize: cfg.useParallel ? id.worldSize : 1,
+  });
+  const plan = loaded.plan;
+  const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
+  const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
+  const buffers = new TransformBuffers(bufferSizes(memory));
+  const total = plan.ranks.reduce((s, r) => s + r.bytesWritten, 0);
+  let done = 0;
+  try {
+    for (const s of plan.ranks) {
+      const rp = planRank(plan, s.rank);
+      const out = cfg.paths.transformedRankFile(name.name, s.rank);
+      hb.update({ done, total, label: `${name.name}/rank_${s.rank}` });
+      const sink = await createOutputSink(out, 'ckpt', rp.tensors.map(sinkTensorOf));
+      try {
+        await executeRankPlan(rp, pool, sink, buffers, (n) => {
+          done += n;
+          hb.update({ done, total, label: `${name.name}/rank_${s.rank}` });
+        });
+        await sink.close();
+      } catch (err) {
+        await sink.abort().catch(() => undefined);
+        throw err;
+      }
+      counter.files++;
+      if (counter.dieAfter !== undefined && counter.files >= counter.dieAfter) process.kill(process.pid, 'SIGKILL');
+      if (counter.throwAfter !== undefined && counter.files >= counter.throwAfter) {
+        throw new FailureError(`injected failure after ${counter.files} file(s) (MSCKPT_TEST_THROW_AFTER_FILES)`);
+      }
+    }
+  } finally {
+    await pool.close();
+  }
+}
+
+/**
+ * The launcher hook: see the module comment. Returns the training command's exit code (0 for a
+ * dry run). Throws InputError for bad configuration (exit 2) and FailureError/CoordinationError
+ * when the job cannot start (exit 1), after telling the other ranks.
+ */
+export async function launch(opts: LaunchOptions): Promise<number> {
+  const env = opts.env ?? process.env;
+  const cwd = resolve(opts.cwd ?? process.cwd());
+  if (opts.command.length === 0) throw new InputError('no training command given (put it after `--`)');
+  const first = rankIdentity(env, { localWorkerNum: opts.localWorkerNum });
+  if (first.scheduler) {
+    // msrun's scheduler runs the same command; it takes no part in the weights
+    return (await runCommand(substituteConfig(opts.command, resolve(cwd, opts.config)), { cwd, env })).code;
+  }
+  const cfg = await loadRunConfig(opts.config, { worldSize: first.worldSize, cwd });
+  // again with npu_num_per_node, so every rank derives the same node size
+  const id = rankIdentity(env, { localWorkerNum: opts.localWorkerNum, npuNumPerNode: cfg.npuNumPerNode });
+  const log = opts.log ?? defaultLog(`rank ${id.rank}`);
+  if (!cfg.autoTransCkpt && !cfg.onlySaveStrategy) {
+    return (await runCommand(substituteConfig(opts.command, cfg.file), { cwd, env })).code;
+  }
+
+  const settings = cfg.msckpt;
+  const barrierS = opts.barrierTimeout ?? settings.barrierTimeout;
+  const heartbeatS = opts.heartbeatTimeout ?? settings.heartbeatTimeout;
+  const pollInterval = opts.pollInterval ?? settings.pollInterval;
+  const dstOverride = opts.dstStrategy ?? settings.dstStrategy;
+  const memory = opts.memory ?? DEFAULT_MEMORY;
+  const disk = detectSharedDisk(cfg.paths.outputDir, env);
+  const singleNode = id.worldSize <= id.localWorkerNum;
+  const sharedSetting = opts.sharedDisk ?? settings.sharedDisk;
+  const shared = singleNode || (sharedSetting ?? disk.network);
+  const polling = disk.network || sharedSetting === true;
+  if (!shared && id.localWorkerNumFrom === 'default') {
+    throw new InputError(
+      `without a shared disk each node converts its own ranks, but the workers per node are unknown (guessed ${id.localWorkerNum}); set npu_num_per_node in the YAML or pass --local-worker-num`,
+    );
+  }
+  const group = shared
+    ? Array.from({ length: id.worldSize }, (_v, i) => i)
+    : Array.from({ length: id.localWorkerNum }, (_v, i) => id.nodeRank * id.localWorkerNum + i).filter((r) => r < id.worldSize);
+  const leader = group[0] as number;
+  const ctx: Ctx = { cfg, id, env, cwd, log, command: opts.command, group, shared };
+  if (!shared && cfg.useParallel && cfg.parallelConfig.pipelineStage > 1 && dstOverride === undefined) {
+    throw new InputError(
+      'without a shared disk a node sees only its own ranks\' strategy files, which do not describe every pipeline stage; ' +
+        'run a strategy-only dry run, merge the strategies (msckpt merge-strategy) and pass the merged file with --dst-strategy (or msckpt.dst_strategy)',
+    );
+  }
+  if (id.rank === leader) {
+    log(
+      `${cfg.onlySaveStrategy ? 'strategy-only dry run' : 'automatic conversion'} for ${id.worldSize} ranks; ` +
+        (shared
+          ? `coordinating all ranks on ${singleNode ? 'one node' : sharedSetting === true && !disk.network ? 'a shared disk (as configured)' : `a shared disk (${disk.fsType ?? disk.reason})`}`
+          : `no shared disk: node ${id.nodeRank} converts its own ranks ${group[0]}..${group[group.length - 1]}`) +
+        `${polling ? `, polling every ${pollInterval ?? 1000} ms` : ''}`,
+    );
+  }
+
+  const coord = await Coordinator.open({
+    root: shared ? join(cfg.paths.msckptDir, 'coord') : join(cfg.paths.msckptDir, 'coord', `node_${id.nodeRank}`),
+    rank: id.rank,
+    ranks: group,
+    leader,
+    sharedDisk: polling,
+    ...(pollInterval !== undefined ? { pollInterval } : {}),
+    barrierTimeoutMs: barrierS * 1000,
+    heartbeatTimeoutMs: heartbeatS * 1000,
+  });
+  let stage = 'clean';
+  let trainYaml: string;
+  // stopped by a signal before training: tell the other ranks, then die of the same signal
+  const onSignal = (sig: NodeJS.Signals): void => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    void coord
+      .fail(stage, new FailureError(`stopped by ${sig}`))
+      .finally(() => coord.close())
+      .finally(() => process.kill(process.pid, sig));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    // 2. clean
+    if (id.rank === leader) {
+      const rep = await cleanJobOutputs(cfg.paths.strategyDir, cfg.paths.transformedDir, shared ? undefined : group);
+      log(`cleaned ${rep.removed} file(s) of an earlier run from ${cfg.paths.strategyDir} and ${cfg.paths.transformedDir}`);
+      if (rep.kept.length > 0) log(`kept ${rep.kept.length} file(s) msckpt did not create: ${rep.kept.slice(0, 5).join(', ')}${rep.kept.length > 5 ? ', ...' : ''}`);
+      await coord.publish('cleaned');
+    } else {
+      await coord.waitAll('cleaned', { ranks: [leader], what: 'the clean of the output folders' });
+    }
+
+    // 3. strategy
+    stage = 'strategy';
+    const dst = await strategyStep(ctx, coord, dstOverride);
+
+    // 4. check
+    stage = 'check';
+    const check = await checkStep(ctx, coord, dst, memory);
+    const converters = assignConverters(cfg.useParallel ? id.worldSize : 1, cfg.transformProcessNum, cfg.useParallel ? group : [0]);
+    if (cfg.onlySaveStrategy) {
+      if (id.rank === leader) {
+        log('dry run (only_save_strategy: True): strategies collected; the conversion would be:');
+        for (const l of describePlan(ctx, check, converters)) log(l);
+      }
+      await coord.close();
+      return 0;
+    }
+    if (id.rank === leader) for (const l of describePlan(ctx, check, converters)) log(l);
+
+    // 5. convert
+    stage = 'convert';
+    const todo = check.names.filter((n) => !n.reuse);
+    const convRanks = converters.map((c) => c.rank);
+    if (todo.length > 0) {
+      const mine = converters.find((c) => c.rank === id.rank);
+      if (mine !== undefined) {
+        const hb = coord.startHeartbeat('convert');
+        const counter: { files: number; dieAfter?: number; throwAfter?: number } = { files: 0 };
+        const die = testHook(env, 'MSCKPT_TEST_DIE_AFTER_FILES', id.rank);
+        const thr = testHook(env, 'MSCKPT_TEST_THROW_AFTER_FILES', id.rank);
+        if (die !== undefined) counter.dieAfter = die;
+        if (thr !== undefined) counter.throwAfter = thr;
+        const started = Date.now();
+        try {
+          for (const n of todo) await convertSlices(ctx, n, mine.slices, check.dstStrategy, memory, hb, counter);
+        } finally {
+          await hb.stop();
+        }
+        log(`converted slices ${mine.slices[0]}..${mine.slices[mine.slices.length - 1]} (${counter.files} file(s)) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        await coord.publish('converted', { slices: mine.slices, files: counter.files });
+      } else {
+        log(`waiting for converter rank(s) ${convRanks.join(', ')}`);
+      }
+      let lastShown = 0;
+      await coord.waitAll('converted', {
+        ranks: convRanks,
+        heartbeats: convRanks,
+        what: 'the converters',
+        onProgress: (beats) => {
+          if (id.rank !== leader || Date.now() - lastShown < 5000) return;
+          lastShown = Date.now();
+          const parts = [...beats.values()].map((b) => `rank ${b.rank} ${b.total ? Math.floor((100 * (b.done ?? 0)) / b.total) : 0}%`);
+          log(`converting: ${parts.join(', ')}`);
+        },
+      });
+    }
+    // a rank's own file must be there before it trains
+    const loadPath =
+      todo.length === 0
+        ? abs(ctx, cfg.loadCheckpoint)
+        : check.names.length === 1
+          ? join(cfg.paths.transformedDir, (check.names[0] as NameCheck).name)
+          : cfg.paths.transformedDir;
+    if (todo.length === 0) log(`weights at ${loadPath} already match this job's layout: no conversion`);
+    else if (cfg.useParallel) {
+      for (const n of todo) {
+        const f = cfg.paths.transformedRankFile(n.name, id.rank);
+        if (!existsSync(f)) throw new FailureError(`converted file ${f} is missing after every converter reported success`);
+      }
+    }
+    stage = 'start';
+    trainYaml = await writeDerived(ctx, 'train', { load_checkpoint: loadPath, auto_trans_ckpt: false });
+    await coord.close();
+  } catch (err) {
+    if (!(err instanceof CoordinationError && err.failedRank !== undefined)) await coord.fail(stage, err);
+    await coord.close();
+    if (err instanceof CoordinationError) {
+      log(`stopping: ${describeError(err)}`);
+    }
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+
+  // 6. train
+  const r = await runCommand(substituteConfig(opts.command, trainYaml), { cwd, env: childEnv(ctx) });
+  return r.code;
+}

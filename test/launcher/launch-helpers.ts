@@ -1,0 +1,112 @@
+/**
+ * Helpers of the launcher end-to-end tests: a job folder with the stand-in model, a run YAML,
+ * and 8 ranks started through the msrun stand-in, each running the real `bin/msckpt.js launch`.
+ */
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MSCKPT_BIN } from '../helpers/cli.js';
+import { repoRoot } from '../helpers/fixtures.js';
+import { msrun, type WorkerResult } from '../fixtures/msrun.js';
+import { writeCompleteModel, writeSlicedModel, type StandInParallel } from '../fixtures/model.js';
+
+export const TRAIN_SCRIPT = join(repoRoot, 'test', 'fixtures', 'train.ts');
+export const TSX_LOADER = import.meta.resolve('tsx');
+
+export async function makeJobDir(): Promise<string> {
+  return mkdtemp(join(tmpdir(), 'msckpt-launch-'));
+}
+
+export async function removeJobDir(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+}
+
+export interface YamlOptions {
+  load: string;
+  par: StandInParallel;
+  tpn?: number;
+  srcStrategy?: string;
+  onlySaveStrategy?: boolean;
+  autoTrans?: boolean;
+  useParallel?: boolean;
+  msckpt?: Record<string, unknown>;
+  extra?: string;
+}
+
+export function runYaml(o: YamlOptions): string {
+  const lines = [
+    '# a mindformers-like run config for the stand-in model',
+    'seed: 0',
+    'run_mode: train',
+    'output_dir: ./output',
+    `load_checkpoint: ${o.load}`,
+    `auto_trans_ckpt: ${o.autoTrans === false ? 'False' : 'True'}`,
+    `only_save_strategy: ${o.onlySaveStrategy === true ? 'True' : 'False'}`,
+    `transform_process_num: ${o.tpn ?? 1}`,
+    `use_parallel: ${o.useParallel === false ? 'False' : 'True'}`,
+    'npu_num_per_node: 4',
+  ];
+  if (o.srcStrategy !== undefined) lines.push(`src_strategy_path_or_dir: ${o.srcStrategy}`);
+  lines.push(
+    'parallel:',
+    '  parallel_mode: 1',
+    'parallel_config:',
+    `  data_parallel: ${o.par.dp}`,
+    `  model_parallel: ${o.par.mp}`,
+    `  pipeline_stage: ${o.par.pp}`,
+    `  micro_batch_num: ${Math.max(1, o.par.pp)}`,
+  );
+  if (o.msckpt !== undefined) {
+    lines.push('msckpt:');
+    for (const [k, v] of Object.entries(o.msckpt)) lines.push(`  ${k}: ${typeof v === 'boolean' ? (v ? 'True' : 'False') : String(v)}`);
+  }
+  if (o.extra !== undefined) lines.push(o.extra);
+  return `${lines.join('\n')}\n`;
+}
+
+/** Write the complete stand-in model at `<node>/weights/model.ckpt`. */
+export async function writeComplete(node: string): Promise<void> {
+  await mkdir(join(node, 'weights'), { recursive: true });
+  await writeCompleteModel(join(node, 'weights', 'model.ckpt'));
+}
+
+/** Write the stand-in model sliced for `par` at `<node>/sliced/rank_R` with strategies in `<node>/src_strategy`. */
+export async function writeSliced(node: string, par: StandInParallel): Promise<void> {
+  const complete = join(node, 'complete.ckpt');
+  await writeCompleteModel(complete);
+  await writeSlicedModel(complete, join(node, 'sliced'), join(node, 'src_strategy'), par);
+}
+
+export interface JobRun {
+  results: WorkerResult[];
+  logs: string[];
+}
+
+export async function runJob(opts: {
+  nodeDirs: string[];
+  logDir: string;
+  launchArgs?: string[];
+  env?: Record<string, string>;
+  workerNum?: number;
+  machinePerNode?: boolean;
+}): Promise<JobRun> {
+  const workerNum = opts.workerNum ?? 8;
+  const results = await msrun({
+    workerNum,
+    localWorkerNum: workerNum / opts.nodeDirs.length,
+    nodeDirs: opts.nodeDirs,
+    logDir: opts.logDir,
+    env: { STANDIN_REPORT_DIR: join(opts.logDir, 'reports'), ...opts.env },
+    machinePerNode: opts.machinePerNode ?? false,
+    command: [
+      process.execPath, MSCKPT_BIN, 'launch', '--config', 'run.yaml', ...(opts.launchArgs ?? []),
+      '--', process.execPath, '--import', TSX_LOADER, TRAIN_SCRIPT, '{config}',
+    ],
+  });
+  const logs = await Promise.all(results.map((r) => readFile(r.log, 'utf8')));
+  return { results, logs };
+}
+
+export async function writeYaml(node: string, text: string): Promise<void> {
+  await writeFile(join(node, 'run.yaml'), text);
+}
