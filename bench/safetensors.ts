@@ -38,6 +38,16 @@ async function child(module: string, body: string): Promise<ChildFigures> {
   return JSON.parse(String(r.stdout)) as ChildFigures;
 }
 
+/** Seconds `cp -r` (plus sync) takes for the same output, measured in the same run. */
+async function cpSeconds(from: string, to: string): Promise<number> {
+  const t0 = performance.now();
+  await execa('cp', ['-r', from, to]);
+  await execa('sync', []);
+  const s = (performance.now() - t0) / 1000;
+  await rm(to, { recursive: true, force: true });
+  return s;
+}
+
 function line(label: string, bytes: number, f: ChildFigures): string {
   const mib = bytes / 2 ** 20;
   return `${label.padEnd(52)} ${f.seconds.toFixed(2).padStart(7)} s  ${(mib / f.seconds).toFixed(0).padStart(6)} MiB/s  peak RSS ${(f.maxRssBytes / 2 ** 20).toFixed(0).padStart(5)} MiB`;
@@ -91,7 +101,9 @@ export async function run(): Promise<void> {
         'plugin/transform/index.ts',
         `await api.transformCheckpoints({ srcCheckpoint: ${JSON.stringify(join(dir, src))}, srcStrategy: ${JSON.stringify(srcStrategy)}, dstStrategy: ${JSON.stringify(dstStrategy)}, dstDir: ${JSON.stringify(out)}, outputFormat: '${fmt}', progress: false });`,
       );
-      process.stdout.write(`${line(`${label} (mp4 -> mp2)`, full, f)}\n`);
+      const cp = await cpSeconds(out, join(dir, 'out_cp'));
+      const ratio = full / f.seconds / (full / cp);
+      process.stdout.write(`${line(`${label} (mp4 -> mp2)`, full, f)}  cp -r ${(full / 2 ** 20 / cp).toFixed(0)} MiB/s, ratio ${ratio.toFixed(2)}\n`);
       await rm(out, { recursive: true, force: true });
     }
     const uni = join(dir, 'unified');
