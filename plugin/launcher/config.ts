@@ -7,10 +7,10 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import yaml from 'js-yaml';
+import { packageFile } from '../package-files.js';
 import { InputError } from '../errors.js';
 import { canonicalPath, isSameOrInsideCanonical, jobPaths, type JobPaths } from './paths.js';
 import { joinKeyPath, loadYamlWithPositions, YamlSyntaxError, type LocatedYaml } from './yaml-positions.js';
@@ -209,17 +209,10 @@ const PARALLEL_MODES: readonly ParallelModeName[] = ['data_parallel', 'semi_auto
 // Schema
 
 let validator: ValidateFunction | null = null;
-let schemaPath: string | null = null;
 
 /** Path of schemas/run-config.schema.json (from the sources or an installed package). */
 export function runConfigSchemaPath(): string {
-  if (schemaPath !== null) return schemaPath;
-  const here = dirname(fileURLToPath(import.meta.url));
-  for (const rel of ['../../schemas', '../../../schemas']) {
-    const p = resolve(here, rel, 'run-config.schema.json');
-    if (existsSync(p)) return (schemaPath = p);
-  }
-  throw new Error(`schemas/run-config.schema.json not found near ${here}`);
+  return packageFile('schemas/run-config.schema.json');
 }
 
 function getValidator(): ValidateFunction {

@@ -13,30 +13,17 @@
  * Encoding writes what MindSpore's C++ writer writes: fields in number order, repeated scalars
  * unpacked, negative int32 as 10-byte varints, required fields always present.
  */
-import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 import { InputError } from '../../errors.js';
+import { packageFile } from '../../package-files.js';
 import type { ParamLayout, Strategy, StrategyItem, TensorMapEntry } from './model.js';
 import { makeStrategy, splitStageName, stagedName } from './names.js';
 
 const PACKAGE = 'mindspore.straspb';
 
-/** Directory `schemas/` of the package: walk up from this module to the folder with package.json. */
-function schemasDir(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'schemas', 'strategy.proto'))) return join(dir, 'schemas');
-    const up = dirname(dir);
-    if (up === dir) throw new Error('msckpt: cannot find schemas/strategy.proto above ' + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-}
-
 /** Path of `schemas/strategy.proto` (found from source and from a compiled dist/ alike). */
 export function strategySchemaPath(): string {
-  return join(schemasDir(), 'strategy.proto');
+  return packageFile('schemas/strategy.proto');
 }
 
 let rootCache: protobuf.Root | null = null;
