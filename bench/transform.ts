@@ -2,7 +2,8 @@
  * Re-sharding throughput on a generated llama-like BFloat16 checkpoint (>= 2 GiB): 1 -> 8 slicing,
  * 8 -> 1 merging, dp2·mp4 -> mp8 re-sharding, each with 1 and 2 converter processes. Prints
  * throughput (output bytes / s), the ratio to `cp -r` of the same output measured in the same run,
- * and peak RSS of the converter process(es) (reported by the children themselves).
+ * and peak RSS of the converter process(es) (reported by the children themselves), plus the
+ * same re-sharding with safetensors in and out (issue 7).
  * `MSCKPT_BENCH_LAYERS` changes the size (default 6 layers of hidden 4096 ~ 2.3 GiB).
  */
 import { execFile } from 'node:child_process';
@@ -101,10 +102,13 @@ export async function run(): Promise<void> {
     const dp2mp4 = await strategy(join(dir, 'dp2mp4.ckpt'), ts, [2, 4]);
     await transform(['--src-checkpoint', complete, '--dst-strategy', dp2mp4, '--dst-checkpoint-dir', join(dir, 'src_dp2mp4')]);
     await transform(['--src-checkpoint', complete, '--dst-strategy', mp8, '--dst-checkpoint-dir', join(dir, 'src_mp8')]);
+    // issue 7: the same dp2·mp4 slices as safetensors (output format defaults to the source's)
+    await transform(['--src-checkpoint', complete, '--dst-strategy', dp2mp4, '--dst-checkpoint-dir', join(dir, 'src_dp2mp4_st'), '--output-format', 'safetensors']);
     const cases: Array<[string, string[]]> = [
       ['1 -> 8 slicing', ['--src-checkpoint', complete, '--dst-strategy', mp8]],
       ['8 -> 1 merging', ['--src-checkpoint', join(dir, 'src_mp8'), '--src-strategy', mp8]],
       ['dp2·mp4 -> mp8 re-sharding', ['--src-checkpoint', join(dir, 'src_dp2mp4'), '--src-strategy', dp2mp4, '--dst-strategy', mp8]],
+      ['safetensors dp2·mp4 -> mp8', ['--src-checkpoint', join(dir, 'src_dp2mp4_st'), '--src-strategy', dp2mp4, '--dst-strategy', mp8]],
     ];
     for (const procs of [1, 2]) {
       for (const [name, args] of cases) {

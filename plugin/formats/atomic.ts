@@ -4,9 +4,88 @@
  * never share one.
  */
 import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
+import { crc32 } from 'node:zlib';
 
 let counter = 0;
+
+// ---- optional CRC-32 of a file computed while it is written (no read-back) ----------------------
+
+/** Paths whose whole-file CRC-32 should be computed while written. */
+const crcWanted = new Set<string>();
+/** Results of committed files that were asked for, until taken. */
+const crcDone = new Map<string, { size: number; crc32: number }>();
+const MAX_CRC_SEGMENTS = 65536;
+
+function gf2Times(mat: Uint32Array, vec: number): number {
+  let sum = 0;
+  let i = 0;
+  let v = vec >>> 0;
+  while (v !== 0) {
+    if ((v & 1) !== 0) sum ^= mat[i] as number;
+    v >>>= 1;
+    i++;
+  }
+  return sum >>> 0;
+}
+
+function gf2Square(square: Uint32Array, mat: Uint32Array): void {
+  for (let n = 0; n < 32; n++) square[n] = gf2Times(mat, mat[n] as number);
+}
+
+/** CRC-32 of A‖B from crc(A), crc(B) and B's length (zlib's crc32_combine; lengths over 4 GiB fine). */
+export function crc32Combine(crcA: number, crcB: number, lengthB: number): number {
+  if (lengthB <= 0) return crcA >>> 0;
+  const even = new Uint32Array(32);
+  const odd = new Uint32Array(32);
+  odd[0] = 0xedb88320;
+  let row = 1;
+  for (let n = 1; n < 32; n++) {
+    odd[n] = row;
+    row = (row << 1) >>> 0;
+  }
+  gf2Square(even, odd);
+  gf2Square(odd, even);
+  let len = lengthB;
+  let c = crcA >>> 0;
+  for (;;) {
+    gf2Square(even, odd);
+    if (len % 2 === 1) c = gf2Times(even, c);
+    len = Math.floor(len / 2);
+    if (len === 0) break;
+    gf2Square(odd, even);
+    if (len % 2 === 1) c = gf2Times(odd, c);
+    len = Math.floor(len / 2);
+    if (len === 0) break;
+  }
+  return (c ^ crcB) >>> 0;
+}
+
+/**
+ * Ask for the CRC-32 of the file that an AtomicFile created for `path` will hold, computed from
+ * the bytes as they are written. Collect it after the commit with `takeAtomicCrc32`.
+ */
+export function expectAtomicCrc32(path: string): void {
+  crcWanted.add(resolve(path));
+}
+
+/**
+ * The size and CRC-32 of a committed file asked for with `expectAtomicCrc32`, or undefined when
+ * it could not be known from the writes (e.g. bytes overwritten); then read the file instead.
+ */
+export function takeAtomicCrc32(path: string): { size: number; crc32: number } | undefined {
+  const key = resolve(path);
+  crcWanted.delete(key);
+  const r = crcDone.get(key);
+  crcDone.delete(key);
+  return r;
+}
+
+interface CrcSegment {
+  start: number;
+  len: number;
+  crc: number;
+}
 
 /** A unique temporary name next to `path` (same directory, so rename is atomic). */
 export function tempNameFor(path: string): string {
@@ -20,11 +99,46 @@ export class AtomicFile {
   readonly tempPath: string;
   private handle: FileHandle | null;
   private position = 0;
+  /** Runs of written bytes with their CRC-32 when a CRC was asked for; null = not tracked. */
+  private segments: CrcSegment[] | null = null;
 
   private constructor(path: string, tempPath: string, handle: FileHandle) {
     this.path = path;
     this.tempPath = tempPath;
     this.handle = handle;
+    if (crcWanted.has(resolve(path))) this.segments = [];
+  }
+
+  private track(data: Uint8Array, position: number): void {
+    const segs = this.segments;
+    if (segs === null || data.byteLength === 0) return;
+    const last = segs[segs.length - 1];
+    if (last !== undefined && last.start + last.len === position) {
+      last.crc = crc32(data, last.crc);
+      last.len += data.byteLength;
+      return;
+    }
+    if (segs.length >= MAX_CRC_SEGMENTS) {
+      this.segments = null;
+      return;
+    }
+    segs.push({ start: position, len: data.byteLength, crc: crc32(data, 0) });
+  }
+
+  /** Whole-file CRC from the tracked runs when they tile [0, end) exactly. */
+  private trackedCrc(): { size: number; crc32: number } | undefined {
+    const segs = this.segments;
+    if (segs === null) return undefined;
+    const sorted = [...segs].sort((a, b) => a.start - b.start);
+    let at = 0;
+    let crc = 0;
+    for (const s of sorted) {
+      if (s.start !== at) return undefined; // a gap or an overwrite
+      crc = crc32Combine(crc, s.crc, s.len);
+      at += s.len;
+    }
+    if (at < this.position) return undefined;
+    return { size: at, crc32: crc >>> 0 };
   }
 
   static async create(path: string): Promise<AtomicFile> {
@@ -47,6 +161,7 @@ export class AtomicFile {
       const { bytesWritten } = await h.write(data, done, data.byteLength - done, this.position + done);
       done += bytesWritten;
     }
+    this.track(data, this.position);
     this.position += data.byteLength;
   }
 
@@ -58,6 +173,7 @@ export class AtomicFile {
       const { bytesWritten } = await h.write(data, done, data.byteLength - done, position + done);
       done += bytesWritten;
     }
+    this.track(data, position);
   }
 
   /** Flush, close and rename onto the final name. */
@@ -67,6 +183,12 @@ export class AtomicFile {
     await h.sync();
     await h.close();
     await rename(this.tempPath, this.path);
+    const key = resolve(this.path);
+    if (crcWanted.has(key)) {
+      const c = this.trackedCrc();
+      if (c !== undefined) crcDone.set(key, c);
+      this.segments = null;
+    }
   }
 
   /** Close and remove the temporary file. Safe to call after commit (does nothing). */

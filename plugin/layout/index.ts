@@ -22,6 +22,7 @@ export {
   sliceIndex,
   replicaKey,
   sliceBox,
+  dimPartBounds,
   fullShapeFromSlice,
   distinctSlices,
   completeLayout,

@@ -385,6 +385,36 @@ export function sliceBox(layout: ParamLayout, fullShape: readonly number[], loca
 }
 
 /**
+ * The per-dimension view of `sliceBox` for planners: where the parts of tensor dim `dim` (of size
+ * `full`) begin, `splitCounts(layout)[dim] + 1` increasing offsets (part p is [b[p], b[p+1])).
+ * Throws like `sliceBox` when the dim does not divide.
+ */
+export function dimPartBounds(layout: ParamLayout, dim: number, full: number): Float64Array {
+  const c = compile(layout);
+  const k = c.counts[dim];
+  if (k === undefined) fail(layout, `dim ${dim} is outside tensor_map ${JSON.stringify(layout.tensorMap)}`);
+  const b = new Float64Array(k + 1);
+  if (dim === 0 && c.splitStarts !== null) {
+    const pss = layout.paramSplitShape;
+    const total = (c.splitStarts[pss.length - 1] as number) + (pss[pss.length - 1] as number);
+    if (total !== full) fail(layout, `param_split_shape [${pss.join(',')}] adds up to ${total}, but dim 0 is ${full}`);
+    let i = 0;
+    for (let p = 0; p < pss.length; p++) {
+      const part = (pss[p] as number) / c.optSize;
+      for (let j = 0; j < c.optSize; j++) b[i++] = (c.splitStarts[p] as number) + j * part;
+    }
+    b[i] = total;
+    return b;
+  }
+  if (full % k !== 0) {
+    fail(layout, `dim ${dim} of size ${full} does not divide into ${k} parts (tensor_map ${JSON.stringify(layout.tensorMap)}, dev_matrix [${layout.devMatrix.join(',')}]${dim === 0 && c.optSize > 1 ? `, optimizer shard ${c.optSize}` : ''})`);
+  }
+  const len = full / k;
+  for (let i = 0; i <= k; i++) b[i] = i * len;
+  return b;
+}
+
+/**
  * The full tensor shape rebuilt from one slice's shape: `slice[i] x parts[i]`; with
  * param_split_shape, dim 0 is its sum. With `localRank`, the slice must be exactly that rank's.
  */

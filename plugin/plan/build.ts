@@ -139,10 +139,14 @@ export interface BufferSizes {
 export const DEFAULT_MEMORY = 512 * 1024 * 1024;
 const MAX_BUFFER = 1024 * 1024 * 1024 - 1;
 
+/** Largest band buffer: large enough for big sequential reads, small enough to pipeline. */
+const MAX_BAND = 8 * 1024 * 1024;
+
+/** The executor holds two band buffers (one assembled while the other is written) and a scratch buffer. */
 export function bufferSizes(memory: number = DEFAULT_MEMORY): BufferSizes {
   const m = Math.max(memory, 1024 * 1024);
   const scratch = Math.min(64 * 1024 * 1024, Math.floor(m / 4));
-  return { band: Math.min(MAX_BUFFER, m - scratch), scratch };
+  return { band: Math.min(MAX_BUFFER, MAX_BAND, Math.floor((m - scratch) / 2)), scratch };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -708,7 +712,7 @@ function computeRank(ctx: Ctx, rank: number, withTensors: boolean): { summary: R
     maxTensor = Math.max(maxTensor, entry.byteLength);
     tensorCount++;
   }
-  const peakMemory = Math.min(maxTensor, ctx.buffers.band) + (scratch ? Math.min(ctx.buffers.scratch, maxTensor) : 0);
+  const peakMemory = 2 * Math.min(maxTensor, ctx.buffers.band) + (scratch ? Math.min(ctx.buffers.scratch, maxTensor) : 0);
   const summary: RankSummary = {
     rank, stage, sourceRanks: [...chosen].sort((a, b) => a - b), tensorCount, bytesRead, bytesWritten, peakMemory,
   };

@@ -1,5 +1,7 @@
 /**
- * Per-dimension slicing arithmetic for the planner (spec mindspore-formats §3).
+ * The planner's per-dimension view of a layout (spec mindspore-formats §3). All rank-to-part and
+ * boundary math comes from plugin/layout (tensorStrategy, resolvedOptShardSize, sliceIndex,
+ * dimPartBounds); this module only arranges it per dimension.
  *
  * A layout (dev_matrix, tensor_map, optimizer shard, manual dim-0 split) cuts every tensor dim
  * into a fixed number of parts; a local rank holds one part per dim. The planner never builds
@@ -8,17 +10,19 @@
  */
 import { InputError } from '../errors.js';
 import type { ParamLayout, TensorMapEntry } from '../formats/strategy/model.js';
+import { dimPartBounds, layoutDeviceCount, resolvedOptShardSize, sliceIndex, tensorStrategy } from '../layout/index.js';
 
-/** How one tensor dimension is cut. */
+/** How one tensor dimension is cut (derived from plugin/layout, the one source of layout math). */
 export interface DimCut {
-  /** Device-matrix axes (left-indexed) whose coordinates give the model-parallel part, most significant first. */
-  readonly axes: readonly number[];
-  /** Model-parallel parts (product of the axes' sizes). */
+  /** Model-parallel parts (product of the mapped device axes' sizes). */
   readonly mpParts: number;
   /** Optimizer-shard parts inside each model-parallel part (dim 0 only; 1 otherwise). */
   readonly optParts: number;
   /** Uneven model-parallel part sizes (manual dim-0 split); null when even. */
   readonly uneven: readonly number[] | null;
+  /** The layout this dim belongs to (null: a complete tensor) and its index. */
+  readonly layout: ParamLayout | null;
+  readonly dim: number;
 }
 
 /** The slicing of one parameter under one layout, independent of the full shape. */
@@ -27,15 +31,15 @@ export interface LayoutGeom {
   readonly devMatrix: readonly number[];
   readonly stageDevices: number;
   readonly dims: readonly DimCut[];
-  /** Device axes no dim uses (replica axes), ascending. */
-  readonly replicaAxes: readonly number[];
+  /** The (rank-trimmed) layout; null for a complete tensor. */
+  readonly layout: ParamLayout | null;
 }
 
 /** A complete (unsplit) tensor held by one device. */
 export function completeGeom(rank: number): LayoutGeom {
   const dims: DimCut[] = [];
-  for (let i = 0; i < rank; i++) dims.push({ axes: [], mpParts: 1, optParts: 1, uneven: null });
-  return { key: `complete/${rank}`, devMatrix: [1], stageDevices: 1, dims, replicaAxes: [] };
+  for (let i = 0; i < rank; i++) dims.push({ mpParts: 1, optParts: 1, uneven: null, layout: null, dim: i });
+  return { key: `complete/${rank}`, devMatrix: [1], stageDevices: 1, dims, layout: null };
 }
 
 function product(xs: readonly number[]): number {
@@ -44,127 +48,54 @@ function product(xs: readonly number[]): number {
   return p;
 }
 
-/** Geometry of a strategy layout for a tensor of `tensorRank` dims. */
+/**
+ * Geometry of a strategy layout for a tensor of `tensorRank` dims: part counts, optimizer shard
+ * and uneven split as plugin/layout computes them (which also validates the layout).
+ */
 export function geomOfLayout(layout: ParamLayout, tensorRank: number, where: { file?: string } = {}): LayoutGeom {
   const ctx = { file: where.file, tensor: layout.name };
-  const dev = layout.devMatrix;
-  if (dev.length === 0 || dev.some((d) => !Number.isSafeInteger(d) || d < 1)) {
-    throw new InputError(`dev_matrix [${dev.join(',')}] must list positive device counts`, ctx);
-  }
-  if (layout.field > 0) {
-    throw new InputError(`field-sliced layouts (field=${layout.field}) are not supported`, ctx);
-  }
   const map: TensorMapEntry[] = [...layout.tensorMap];
   // Layout-API maps of a 1-dim tensor carry an extra empty entry; drop empties beyond the tensor rank.
   while (map.length > tensorRank && Array.isArray(map[map.length - 1]) && (map[map.length - 1] as readonly number[]).length === 0) map.pop();
   if (map.length !== tensorRank) {
     throw new InputError(`tensor_map has ${map.length} entries but the tensor has ${tensorRank} dims`, ctx);
   }
-  const used = new Set<number>();
-  const dims: DimCut[] = [];
-  for (let d = 0; d < tensorRank; d++) {
-    const e = map[d] as TensorMapEntry;
-    const entries = (typeof e === 'number' ? [e] : [...e]).filter((m) => m !== -1);
-    const axes: number[] = [];
-    for (const m of entries) {
-      if (!Number.isInteger(m) || m < 0 || m >= dev.length) {
-        throw new InputError(`tensor_map entry ${m} on dim ${d} is outside dev_matrix [${dev.join(',')}]`, ctx);
-      }
-      const axis = dev.length - 1 - m;
-      if (used.has(axis)) throw new InputError(`device axis ${m} is used twice in tensor_map`, ctx);
-      used.add(axis);
-      axes.push(axis);
-    }
-    dims.push({ axes, mpParts: product(axes.map((a) => dev[a] as number)), optParts: 1, uneven: null });
+  const lay: ParamLayout = map.length === layout.tensorMap.length ? layout : { ...layout, tensorMap: map };
+  let mp: number[];
+  let opt: number;
+  try {
+    mp = tensorStrategy(lay);
+    opt = tensorRank > 0 ? resolvedOptShardSize(lay) : 1;
+    layoutDeviceCount(lay);
+  } catch (err) {
+    if (err instanceof InputError && where.file !== undefined) throw new InputError(err.message.replace(/^.*?: /, ''), ctx);
+    throw err;
   }
-  const replicaAxes: number[] = [];
-  for (let a = 0; a < dev.length; a++) if (!used.has(a)) replicaAxes.push(a);
-  const groupSize = product(replicaAxes.map((a) => dev[a] as number));
-  let opt = 1;
-  if (layout.optShardSize !== 0 && tensorRank > 0) {
-    opt = layout.optShardSize < 0 ? groupSize : Math.min(layout.optShardSize, groupSize);
-    if (!Number.isSafeInteger(opt) || opt < 1) throw new InputError(`bad opt_weight_shard_size ${layout.optShardSize}`, ctx);
-  }
-  if (layout.paramSplitShape.length > 0) {
-    const d0 = dims[0];
-    if (d0 === undefined) throw new InputError('param_split_shape given for a scalar', ctx);
-    if (layout.paramSplitShape.length !== d0.mpParts) {
-      throw new InputError(`param_split_shape has ${layout.paramSplitShape.length} sizes but dim 0 is split in ${d0.mpParts}`, ctx);
-    }
-    if (layout.paramSplitShape.some((s) => !Number.isSafeInteger(s) || s < 0 || s % opt !== 0)) {
-      throw new InputError(`param_split_shape [${layout.paramSplitShape.join(',')}] has sizes that are negative or not divisible by the optimizer shard ${opt}`, ctx);
-    }
-    dims[0] = { ...d0, uneven: [...layout.paramSplitShape] };
-  }
-  if (opt > 1) dims[0] = { ...(dims[0] as DimCut), optParts: opt };
-  const key = JSON.stringify([dev, dims.map((d) => [d.axes, d.optParts, d.uneven])]);
-  return { key, devMatrix: [...dev], stageDevices: product(dev), dims, replicaAxes };
+  const dims: DimCut[] = mp.map((m, d) => ({
+    mpParts: m,
+    optParts: d === 0 ? opt : 1,
+    uneven: d === 0 && lay.paramSplitShape.length > 0 ? [...lay.paramSplitShape] : null,
+    layout: lay,
+    dim: d,
+  }));
+  const key = JSON.stringify([lay.devMatrix, map, opt, lay.paramSplitShape]);
+  return { key, devMatrix: [...lay.devMatrix], stageDevices: product(lay.devMatrix), dims, layout: lay };
 }
 
-/** Row-major unravel of every local rank over a device matrix: coords[local * axes + axis]. */
-const coordCache = new Map<string, Int32Array>();
-export function coordsOf(devMatrix: readonly number[]): Int32Array {
-  const key = devMatrix.join(',');
-  let c = coordCache.get(key);
-  if (c !== undefined) return c;
-  const n = product(devMatrix);
-  const k = devMatrix.length;
-  c = new Int32Array(n * k);
-  for (let r = 0; r < n; r++) {
-    let rest = r;
-    for (let a = k - 1; a >= 0; a--) {
-      const size = devMatrix[a] as number;
-      c[r * k + a] = rest % size;
-      rest = Math.floor(rest / size);
-    }
-  }
-  coordCache.set(key, c);
-  return c;
-}
-
-/** Part index on every dim for a local rank. */
+/** Part index on every dim for a local rank (plugin/layout's sliceIndex). */
 export function partsOf(geom: LayoutGeom, local: number): number[] {
-  const coords = coordsOf(geom.devMatrix);
-  const k = geom.devMatrix.length;
-  const out: number[] = [];
-  for (let d = 0; d < geom.dims.length; d++) {
-    const cut = geom.dims[d] as DimCut;
-    let p = 0;
-    for (const a of cut.axes) p = p * (geom.devMatrix[a] as number) + (coords[local * k + a] as number);
-    if (cut.optParts > 1) {
-      let pos = 0;
-      for (const a of geom.replicaAxes) pos = pos * (geom.devMatrix[a] as number) + (coords[local * k + a] as number);
-      p = p * cut.optParts + (pos % cut.optParts);
-    }
-    out.push(p);
-  }
-  return out;
+  if (geom.layout === null) return geom.dims.map(() => 0);
+  return sliceIndex(geom.layout, local);
 }
 
 export function partCount(cut: DimCut): number {
   return cut.mpParts * cut.optParts;
 }
 
-/** Boundaries of the parts of one dim of full size `full`: parts+1 increasing numbers. */
+/** Boundaries of the parts of one dim of full size `full`: parts+1 increasing numbers (plugin/layout's dimPartBounds). */
 export function boundsOf(cut: DimCut, full: number): Float64Array {
-  const n = partCount(cut);
-  const b = new Float64Array(n + 1);
-  if (cut.uneven === null) {
-    const size = full / n;
-    for (let i = 0; i <= n; i++) b[i] = i * size;
-    return b;
-  }
-  let at = 0;
-  let i = 0;
-  for (const u of cut.uneven) {
-    const piece = u / cut.optParts;
-    for (let j = 0; j < cut.optParts; j++) {
-      b[i++] = at;
-      at += piece;
-    }
-  }
-  b[i] = at;
-  return b;
+  if (cut.layout === null) return Float64Array.of(0, full);
+  return dimPartBounds(cut.layout, cut.dim, full);
 }
 
 /** Full dim size rebuilt from a slice's dim size held at part `part`. */
@@ -181,11 +112,12 @@ export function cutProblem(geom: LayoutGeom, full: readonly number[]): string | 
   for (let d = 0; d < geom.dims.length; d++) {
     const cut = geom.dims[d] as DimCut;
     const f = full[d] as number;
-    if (cut.uneven !== null) {
-      const sum = cut.uneven.reduce((s, x) => s + x, 0);
-      if (sum !== f) return `dim ${d} has size ${f} but param_split_shape adds up to ${sum}`;
-    } else if (f % partCount(cut) !== 0) {
-      return `dim ${d} of size ${f} cannot be split evenly in ${partCount(cut)} parts`;
+    if (cut.uneven === null && f % partCount(cut) !== 0) return `dim ${d} of size ${f} cannot be split evenly in ${partCount(cut)} parts`;
+    try {
+      boundsOf(cut, f);
+    } catch (err) {
+      if (err instanceof InputError) return err.message;
+      throw err;
     }
   }
   return null;

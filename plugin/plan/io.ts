@@ -11,6 +11,12 @@ export async function openWeightsFile(path: string): Promise<TensorSource> {
   return openWeights(path);
 }
 
-export async function createOutputSink(path: string, format: OutputFormat, tensors: readonly SinkTensor[]): Promise<TensorSink> {
-  return createWeightsSink(path, format, tensors);
+export interface OutputSinkOptions {
+  /** `.ckpt`: the CRC trailer; safetensors: `crc_num` in metadata. */
+  readonly crc?: boolean;
+}
+
+/** Safetensors outputs follow MindSpore's conventions: keys sorted, metadata {"format":"ms"}. */
+export async function createOutputSink(path: string, format: OutputFormat, tensors: readonly SinkTensor[], opts: OutputSinkOptions = {}): Promise<TensorSink> {
+  return createWeightsSink(path, format, tensors, { crc: opts.crc === true, ...(format === 'safetensors' ? { metadata: { format: 'ms' } } : {}) });
 }

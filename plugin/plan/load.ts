@@ -5,8 +5,9 @@
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { InputError } from '../errors.js';
+import { detectKind } from '../formats/detect.js';
 import { mergeStrategies, readStrategy } from '../formats/strategy/index.js';
 import type { Strategy } from '../formats/strategy/model.js';
 import { buildPlan, type Plan, type PlanSourceFile } from './build.js';
@@ -14,17 +15,23 @@ import { openWeightsFile } from './io.js';
 
 export type PickRule = 'last' | 'newest';
 
+/** Weight file formats a source can be in. */
+export type SourceFormat = 'ckpt' | 'safetensors';
+
 export interface SourceFileInfo {
   readonly rank: number;
+  /** A file; for a unified safetensors directory the directory; for an HF index the index JSON. */
   readonly path: string;
   readonly size: number;
   readonly mtimeMs: number;
 }
 
 export interface SourceFiles {
-  /** 'file' = one complete file; 'ranks' = a rank_N tree. */
+  /** 'file' = one complete source (a file, an index, a unified directory); 'ranks' = a rank_N tree. */
   readonly kind: 'file' | 'ranks';
   readonly files: readonly SourceFileInfo[];
+  /** The format the source is in (the default output format). */
+  readonly format: SourceFormat;
   /** Messages for the user (which file of a folder was used, ...). */
   readonly notices: readonly string[];
 }
@@ -32,8 +39,68 @@ export interface SourceFiles {
 const RANK_DIR = /^rank_(\d+)$/;
 const WEIGHT_FILE = /\.(ckpt|safetensors)$/i;
 
-/** Find the source files: a file is rank 0; a directory must hold rank_0..rank_{N-1}. */
-export async function findSourceFiles(srcCheckpoint: string, pick: PickRule = 'last'): Promise<SourceFiles> {
+function extFormat(name: string): SourceFormat {
+  return /\.safetensors$/i.test(name) ? 'safetensors' : 'ckpt';
+}
+
+/** The last two integers of a file name without its extension: MindSpore's (epoch, step). */
+export function epochStepOf(name: string): [number, number] {
+  const ints = (name.replace(WEIGHT_FILE, '').match(/\d+/g) ?? []).map(Number);
+  return [ints[ints.length - 2] ?? -1, ints[ints.length - 1] ?? -1];
+}
+
+function nameCompare(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/**
+ * The file of one rank folder MindSpore would load among `names` (all of one format):
+ * safetensors: largest trailing (epoch, step) in the name; .ckpt: last in file-name order;
+ * `newest`: latest modification time. Ties fall back to name order.
+ */
+export function pickWeightFile(
+  names: readonly { readonly name: string; readonly mtimeMs: number }[],
+  format: SourceFormat,
+  pick: PickRule,
+): { readonly name: string; readonly mtimeMs: number } | undefined {
+  const cmp = (a: { name: string; mtimeMs: number }, b: { name: string; mtimeMs: number }): number => {
+    if (pick === 'newest') return a.mtimeMs - b.mtimeMs || nameCompare(a.name, b.name);
+    if (format === 'safetensors') {
+      const [a1, a2] = epochStepOf(a.name);
+      const [b1, b2] = epochStepOf(b.name);
+      return a1 - b1 || a2 - b2 || nameCompare(a.name, b.name);
+    }
+    return nameCompare(a.name, b.name);
+  };
+  let best: { readonly name: string; readonly mtimeMs: number } | undefined;
+  for (const n of names) if (best === undefined || cmp(n, best) > 0) best = n;
+  return best;
+}
+
+function ruleText(format: SourceFormat, pick: PickRule): string {
+  if (pick === 'newest') return 'newest by modification time';
+  return format === 'safetensors' ? 'largest epoch/step in its name, as MindSpore picks' : 'last in file-name order, as MindSpore picks';
+}
+
+/** Size and latest mtime of the safetensors files a unified/index source folder holds (for the resume fingerprint). */
+async function folderWeightStat(dir: string): Promise<{ size: number; mtimeMs: number }> {
+  let size = 0;
+  let mtimeMs = 0;
+  for (const d of await readdir(dir, { withFileTypes: true })) {
+    if (!d.isFile() || !(/\.safetensors$/i.test(d.name) || /\.json$/i.test(d.name))) continue;
+    const s = await stat(join(dir, d.name));
+    size += s.size;
+    mtimeMs = Math.max(mtimeMs, s.mtimeMs);
+  }
+  return { size, mtimeMs };
+}
+
+/**
+ * Find the source files: a file (checkpoint, safetensors, HF `*.index.json`), a unified
+ * safetensors directory (`param_name_map.json`) or a folder holding one `*.index.json` is one
+ * complete source; otherwise a directory must hold rank_0..rank_{N-1}.
+ */
+export async function findSourceFiles(srcCheckpoint: string, pick: PickRule = 'last', srcFormat?: SourceFormat): Promise<SourceFiles> {
   let st;
   try {
     st = await stat(srcCheckpoint);
@@ -41,7 +108,12 @@ export async function findSourceFiles(srcCheckpoint: string, pick: PickRule = 'l
     throw new InputError('no such file or directory', { file: srcCheckpoint });
   }
   if (!st.isDirectory()) {
-    return { kind: 'file', files: [{ rank: 0, path: resolve(srcCheckpoint), size: st.size, mtimeMs: st.mtimeMs }], notices: [] };
+    const kind = await detectKind(srcCheckpoint);
+    const format: SourceFormat = kind === 'safetensors' || kind === 'safetensors-index' ? 'safetensors' : 'ckpt';
+    let size = st.size;
+    let mtimeMs = st.mtimeMs;
+    if (kind === 'safetensors-index') ({ size, mtimeMs } = await folderWeightStat(dirname(resolve(srcCheckpoint))));
+    return { kind: 'file', format, files: [{ rank: 0, path: resolve(srcCheckpoint), size, mtimeMs }], notices: [] };
   }
   const dirents = await readdir(srcCheckpoint, { withFileTypes: true });
   const ranks = new Map<number, string>();
@@ -53,7 +125,23 @@ export async function findSourceFiles(srcCheckpoint: string, pick: PickRule = 'l
     ranks.set(r, d.name);
   }
   if (ranks.size === 0) {
-    throw new InputError('holds no rank_N folders (expected a checkpoint file or a folder of rank_0, rank_1, ...)', { file: srcCheckpoint });
+    // a complete safetensors source held in a folder: unified (param_name_map.json) or an HF index
+    const names = dirents.filter((d) => d.isFile()).map((d) => d.name).sort(nameCompare);
+    let path: string | null = null;
+    if (names.includes('param_name_map.json')) path = resolve(srcCheckpoint);
+    else {
+      const idx = names.filter((n) => n.endsWith('.index.json'));
+      if (idx.length > 1) throw new InputError(`holds ${idx.length} index files (${idx.join(', ')}); name the one to use`, { file: srcCheckpoint });
+      if (idx.length === 1) path = resolve(join(srcCheckpoint, idx[0] as string));
+    }
+    if (path === null) {
+      throw new InputError(
+        'holds no rank_N folders, param_name_map.json or *.index.json (expected a checkpoint file, a folder of rank_0, rank_1, ..., a unified safetensors folder or an index)',
+        { file: srcCheckpoint },
+      );
+    }
+    const { size, mtimeMs } = await folderWeightStat(srcCheckpoint);
+    return { kind: 'file', format: 'safetensors', files: [{ rank: 0, path, size, mtimeMs }], notices: [] };
   }
   const sorted = [...ranks.keys()].sort((a, b) => a - b);
   for (let i = 0; i < sorted.length; i++) {
@@ -62,26 +150,37 @@ export async function findSourceFiles(srcCheckpoint: string, pick: PickRule = 'l
     }
   }
   const notices: string[] = [];
-  const files: SourceFileInfo[] = [];
+  const perRank: { r: number; dir: string; infos: { name: string; mtimeMs: number; size: number }[] }[] = [];
+  const seenFormats = new Set<SourceFormat>();
   for (const r of sorted) {
     const dir = join(srcCheckpoint, ranks.get(r) as string);
     const names = (await readdir(dir, { withFileTypes: true }))
       .filter((d) => d.isFile() && WEIGHT_FILE.test(d.name) && !d.name.startsWith('.'))
       .map((d) => d.name);
-    if (names.length === 0) throw new InputError('holds no .ckpt file', { file: dir });
-    const infos = await Promise.all(names.map(async (n) => ({ n, s: await stat(join(dir, n)) })));
-    let chosen;
-    if (pick === 'newest') {
-      chosen = infos.reduce((a, b) => (b.s.mtimeMs > a.s.mtimeMs || (b.s.mtimeMs === a.s.mtimeMs && b.n > a.n) ? b : a));
-    } else {
-      chosen = infos.reduce((a, b) => (b.n > a.n ? b : a));
-    }
-    if (infos.length > 1) {
-      notices.push(`rank_${r}: ${infos.length} checkpoint files, using ${chosen.n} (${pick === 'newest' ? 'newest' : 'last in name order'})`);
-    }
-    files.push({ rank: r, path: resolve(join(dir, chosen.n)), size: chosen.s.size, mtimeMs: chosen.s.mtimeMs });
+    const infos = await Promise.all(names.map(async (n) => {
+      const s = await stat(join(dir, n));
+      return { name: n, mtimeMs: s.mtimeMs, size: s.size };
+    }));
+    for (const i of infos) seenFormats.add(extFormat(i.name));
+    perRank.push({ r, dir, infos });
   }
-  return { kind: 'ranks', files, notices };
+  let format: SourceFormat;
+  if (srcFormat !== undefined) format = srcFormat;
+  else if (seenFormats.size > 1) {
+    format = 'safetensors';
+    notices.push('rank folders hold both .ckpt and .safetensors files; using the .safetensors files (give the source format to choose .ckpt)');
+  } else format = seenFormats.has('safetensors') ? 'safetensors' : 'ckpt';
+  const files: SourceFileInfo[] = [];
+  for (const { r, dir, infos } of perRank) {
+    const mine = infos.filter((i) => extFormat(i.name) === format);
+    const chosen = pickWeightFile(mine, format, pick) as { name: string; mtimeMs: number; size: number } | undefined;
+    if (chosen === undefined) throw new InputError(`holds no .${format} file`, { file: dir });
+    if (mine.length > 1) {
+      notices.push(`rank_${r}: ${mine.length} .${format} files, using ${chosen.name} (${ruleText(format, pick)})`);
+    }
+    files.push({ rank: r, path: resolve(join(dir, chosen.name)), size: chosen.size, mtimeMs: chosen.mtimeMs });
+  }
+  return { kind: 'ranks', format, files, notices };
 }
 
 export interface LoadedStrategy {
@@ -125,6 +224,8 @@ export interface PlanFromPathsOptions {
   readonly memory?: number;
   readonly worldSize?: number;
   readonly pick?: PickRule;
+  /** Which files of rank_N folders to use when they hold both formats (default: safetensors). */
+  readonly srcFormat?: SourceFormat;
 }
 
 export interface LoadedPlan {
@@ -157,7 +258,7 @@ async function readEntries(files: readonly SourceFileInfo[]): Promise<PlanSource
 
 /** Open every input and build the plan, with what was found on the way. */
 export async function loadPlan(opts: PlanFromPathsOptions): Promise<LoadedPlan> {
-  const sources = await findSourceFiles(opts.srcCheckpoint, opts.pick ?? 'last');
+  const sources = await findSourceFiles(opts.srcCheckpoint, opts.pick ?? 'last', opts.srcFormat);
   const srcStrategy = opts.srcStrategy ? await loadStrategy(opts.srcStrategy) : null;
   const dstStrategy = opts.dstStrategy ? await loadStrategy(opts.dstStrategy) : null;
   if (sources.kind === 'ranks' && sources.files.length > 1 && srcStrategy === null) {

@@ -45,25 +45,43 @@ export function createTransformSourcePool(open: (rank: number) => Promise<Tensor
   };
 }
 
-/** Reusable buffers of an executor. */
+/**
+ * Reusable buffers of an executor: two band buffers (one is assembled while the other is being
+ * written) and a scratch buffer.
+ */
 export class TransformBuffers {
   readonly sizes: BufferSizes;
-  private bandBuf: Uint8Array | null = null;
+  private readonly bandBufs: (Uint8Array | null)[] = [null, null];
   private scratchBuf: Uint8Array | null = null;
   constructor(sizes: BufferSizes) {
     this.sizes = sizes;
   }
-  band(bytes: number): Uint8Array {
-    if (this.bandBuf === null || this.bandBuf.byteLength < bytes) {
-      this.bandBuf = null;
-      this.bandBuf = new Uint8Array(Math.max(bytes, 1));
+  /** Band buffer `slot` (0 or 1) of at least `bytes` bytes. */
+  band(bytes: number, slot = 0): Uint8Array {
+    const cur = this.bandBufs[slot] ?? null;
+    if (cur === null || cur.byteLength < bytes) {
+      this.bandBufs[slot] = null;
+      const fresh = new Uint8Array(Math.max(bytes, 1));
+      this.bandBufs[slot] = fresh;
+      return fresh.subarray(0, bytes);
     }
-    return this.bandBuf.subarray(0, bytes);
+    return cur.subarray(0, bytes);
   }
   scratch(): Uint8Array {
     if (this.scratchBuf === null) this.scratchBuf = new Uint8Array(Math.max(this.sizes.scratch, 64 * 1024));
     return this.scratchBuf;
   }
+}
+
+/**
+ * A rank plan in the order its output is best written: safetensors outputs lay keys out sorted
+ * (MindSpore's convention), so writing them in that order streams the file sequentially (and
+ * lets the sink compute `crc_num` and the manifest CRC as it goes); `.ckpt` keeps the source order.
+ */
+export function rankPlanInWriteOrder(rp: RankPlan, format: 'ckpt' | 'safetensors'): RankPlan {
+  if (format !== 'safetensors') return rp;
+  const key = (n: string): Buffer => Buffer.from(n, 'utf8');
+  return { ...rp, tensors: [...rp.tensors].sort((x, y) => Buffer.compare(key(x.name), key(y.name))) };
 }
 
 /** The sink description of a planned tensor. */
@@ -168,23 +186,72 @@ export async function transferBox(
   return totalBytes;
 }
 
-async function writeVerbatim(t: PlannedTensor, pool: TransformSourcePool, sink: TensorSink, buffers: TransformBuffers, onBytes: (n: number) => void): Promise<number> {
+/**
+ * The sink's operations in order, off the critical path: the next band is assembled while the
+ * previous one is being written. A band buffer is reused only after its write finished.
+ */
+class WritePipeline {
+  private tail: Promise<void> = Promise.resolve();
+  private readonly busy: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
+  private slot = 0;
+  private failed: unknown = undefined;
+  constructor(private readonly sink: TensorSink, private readonly buffers: TransformBuffers) {}
+
+  private push(fn: () => Promise<void>): Promise<void> {
+    const p = this.tail.then(fn);
+    p.catch((err: unknown) => {
+      if (this.failed === undefined) this.failed = err ?? new FailureError('write failed');
+    });
+    this.tail = p;
+    return p;
+  }
+
+  /** A free band buffer of `bytes` (waits for the write that last used it). */
+  async take(bytes: number): Promise<Uint8Array> {
+    this.slot ^= 1;
+    await this.busy[this.slot]!.catch(() => undefined);
+    if (this.failed !== undefined) throw this.failed;
+    return this.buffers.band(bytes, this.slot);
+  }
+
+  /** Queue writing `buf` (taken with `take`) and then report it. */
+  write(buf: Uint8Array, onBytes: (n: number) => void): void {
+    this.busy[this.slot] = this.push(async () => {
+      await this.sink.write(buf);
+      onBytes(buf.byteLength);
+    });
+  }
+
+  begin(t: SinkTensor): void {
+    void this.push(() => this.sink.beginTensor(t));
+  }
+
+  end(): void {
+    void this.push(() => this.sink.endTensor());
+  }
+
+  /** Wait for everything queued; throws the first failure. */
+  async drain(): Promise<void> {
+    await this.tail;
+  }
+}
+
+async function writeVerbatim(t: PlannedTensor, pool: TransformSourcePool, out: WritePipeline, buffers: TransformBuffers, onBytes: (n: number) => void): Promise<number> {
   const op = t.ops[0];
   if (op === undefined) throw new FailureError(`no source for verbatim entry`, { tensor: t.name });
   const source = await pool.get(op.srcRank);
   const piece = Math.max(1, Math.min(buffers.sizes.band, t.byteLength));
-  const buf = buffers.band(piece);
   for (let off = 0; off < t.byteLength; off += piece) {
     const n = Math.min(piece, t.byteLength - off);
+    const buf = await out.take(n);
     await source.readBytes(t.name, off, n, buf, 0);
-    await sink.write(buf.subarray(0, n));
-    onBytes(n);
+    out.write(buf, onBytes);
   }
   return t.byteLength;
 }
 
-/** Assemble one tensor band by band and stream it into the sink (between begin and end). */
-async function writeSharded(t: PlannedTensor, pool: TransformSourcePool, sink: TensorSink, buffers: TransformBuffers, onBytes: (n: number) => void): Promise<number> {
+/** Assemble one tensor band by band and queue each band for the sink. */
+async function writeSharded(t: PlannedTensor, pool: TransformSourcePool, out: WritePipeline, buffers: TransformBuffers, onBytes: (n: number) => void): Promise<number> {
   const es = elementSize(t.dtype);
   const shape = t.shape;
   if (t.byteLength === 0) return 0;
@@ -195,7 +262,7 @@ async function writeSharded(t: PlannedTensor, pool: TransformSourcePool, sink: T
   for (let r0 = 0; r0 < rows; r0 += rowsPerBand) {
     const r1 = Math.min(rows, r0 + rowsPerBand);
     const bandShape = shape.length === 0 ? [] : [r1 - r0, ...shape.slice(1)];
-    const buf = buffers.band((r1 - r0) * rowBytes);
+    const buf = await out.take((r1 - r0) * rowBytes);
     for (const op of t.ops) {
       let srcBox = op.srcBox;
       let dstBox = op.dstBox;
@@ -214,13 +281,15 @@ async function writeSharded(t: PlannedTensor, pool: TransformSourcePool, sink: T
       const source = await pool.get(op.srcRank);
       read += await transferBox(source, t.name, es, op.srcShape, srcBox, buf, bandShape, dstBox, buffers);
     }
-    await sink.write(buf);
-    onBytes(buf.byteLength);
+    out.write(buf, onBytes);
   }
   return read;
 }
 
-/** Write every tensor of a rank plan into `sink` (which the caller created and closes). Returns bytes read. */
+/**
+ * Write every tensor of a rank plan into `sink` (which the caller created and closes). Reading
+ * the next band overlaps writing the previous one (two band buffers). Returns bytes read.
+ */
 export async function executeRankPlan(
   rp: RankPlan,
   pool: TransformSourcePool,
@@ -228,11 +297,18 @@ export async function executeRankPlan(
   buffers: TransformBuffers,
   onBytes: (n: number) => void = () => {},
 ): Promise<number> {
+  const out = new WritePipeline(sink, buffers);
   let read = 0;
-  for (const t of rp.tensors) {
-    await sink.beginTensor(sinkTensorOf(t));
-    read += t.verbatim ? await writeVerbatim(t, pool, sink, buffers, onBytes) : await writeSharded(t, pool, sink, buffers, onBytes);
-    await sink.endTensor();
+  try {
+    for (const t of rp.tensors) {
+      out.begin(sinkTensorOf(t));
+      read += t.verbatim ? await writeVerbatim(t, pool, out, buffers, onBytes) : await writeSharded(t, pool, out, buffers, onBytes);
+      out.end();
+    }
+  } finally {
+    // never leave writes running past a failure (the caller aborts the sink next)
+    await out.drain().catch(() => undefined);
   }
+  await out.drain();
   return read;
 }

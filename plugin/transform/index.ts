@@ -5,4 +5,4 @@ export {
   type TransformOptions, type TransformReport, type ManifestFile, type TransformManifest, type TransformFingerprint,
 } from './transform.js';
 export { verifyTransform, type VerifyReport, type VerifyFileResult } from './verify.js';
-export { executeRankPlan, createTransformSourcePool, transferBox, TransformBuffers, sinkTensorOf, type TransformSourcePool } from './execute.js';
+export { executeRankPlan, rankPlanInWriteOrder, createTransformSourcePool, transferBox, TransformBuffers, sinkTensorOf, type TransformSourcePool } from './execute.js';

@@ -14,13 +14,13 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
 import { execa } from 'execa';
-import { createProgress } from '../cli/progress.js';
+import { createProgress, type Progress } from '../cli/progress.js';
 import { FailureError, InputError } from '../errors.js';
-import { writeFileAtomic } from '../formats/atomic.js';
+import { expectAtomicCrc32, takeAtomicCrc32, writeFileAtomic } from '../formats/atomic.js';
 import { bufferSizes, DEFAULT_MEMORY, planRank } from '../plan/build.js';
 import { createOutputSink, openWeightsFile, type OutputFormat } from '../plan/io.js';
-import { loadPlan, type LoadedPlan, type PickRule } from '../plan/load.js';
-import { createTransformSourcePool, TransformBuffers, executeRankPlan, sinkTensorOf } from './execute.js';
+import { loadPlan, type LoadedPlan, type PickRule, type SourceFormat } from '../plan/load.js';
+import { createTransformSourcePool, TransformBuffers, executeRankPlan, rankPlanInWriteOrder, sinkTensorOf } from './execute.js';
 
 export const TRANSFORM_MANIFEST_NAME = 'transform_manifest.json';
 
@@ -47,7 +47,12 @@ export interface TransformOptions {
   readonly memory?: number | string;
   /** Which file of a rank_N folder holding several: last in name order (default) or newest. */
   readonly pick?: PickRule;
+  /** Output format; default: the source's format (ckpt or safetensors). */
   readonly outputFormat?: OutputFormat;
+  /** rank_N folders holding both .ckpt and .safetensors: which to read (default safetensors). */
+  readonly srcFormat?: SourceFormat;
+  /** `.ckpt`: append the CRC trailer; safetensors: `crc_num` in metadata (as MindSpore's crc_check). */
+  readonly crc?: boolean;
   /** Progress line on a TTY (default true). */
   readonly progress?: boolean;
   /** Messages for the user as they happen (which file was picked, ...). */
@@ -71,6 +76,7 @@ export interface TransformFingerprint {
   readonly prefix: string;
   readonly format: OutputFormat;
   readonly worldSize: number;
+  readonly crc?: boolean;
 }
 
 export interface TransformManifest {
@@ -200,6 +206,30 @@ export async function readTransformManifest(dstDir: string): Promise<TransformMa
   }
 }
 
+/** Progress of a converter child: written bytes sent to the parent over IPC, at most ~10 times a second. */
+function childProgress(): Progress {
+  let pending = 0;
+  let last = 0;
+  const flush = (): void => {
+    if (pending > 0 && process.send !== undefined && process.connected) process.send({ progress: pending });
+    pending = 0;
+  };
+  return {
+    advance(n: number) {
+      pending += n;
+      const now = Date.now();
+      if (now - last >= 100) {
+        last = now;
+        flush();
+      }
+    },
+    label() {},
+    done() {
+      flush();
+    },
+  };
+}
+
 function hashOf(value: unknown): string {
   return createHash('sha256').update(JSON.stringify(value)).digest('hex');
 }
@@ -221,7 +251,7 @@ interface Selected {
   fingerprintHash: string;
 }
 
-async function selectAndPlan(opts: TransformOptions, memory: number, format: OutputFormat, prefix: string): Promise<Selected> {
+async function selectAndPlan(opts: TransformOptions, memory: number, requested: OutputFormat | undefined, prefix: string): Promise<Selected & { format: OutputFormat }> {
   let ranks: number[] | undefined;
   if (opts.rank !== undefined) ranks = [opts.rank];
   if (opts.ranks !== undefined) {
@@ -236,7 +266,9 @@ async function selectAndPlan(opts: TransformOptions, memory: number, format: Out
     ...(ranks !== undefined ? { ranks } : {}),
     ...(opts.worldSize !== undefined ? { worldSize: opts.worldSize } : {}),
     ...(opts.pick !== undefined ? { pick: opts.pick } : {}),
+    ...(opts.srcFormat !== undefined ? { srcFormat: opts.srcFormat } : {}),
   });
+  const format: OutputFormat = requested ?? loaded.sources.format;
   const world = loaded.plan.destination.deviceCount;
   const fingerprint: TransformFingerprint = {
     sources: loaded.sources.files.map((f) => ({ path: f.path, size: f.size, mtimeMs: f.mtimeMs })),
@@ -245,8 +277,9 @@ async function selectAndPlan(opts: TransformOptions, memory: number, format: Out
     prefix,
     format,
     worldSize: world,
+    ...(opts.crc === true ? { crc: true } : {}),
   };
-  return { loaded, ranks: loaded.plan.ranks.map((r) => r.rank), world, fingerprint, fingerprintHash: hashOf(fingerprint) };
+  return { format, loaded, ranks: loaded.plan.ranks.map((r) => r.rank), world, fingerprint, fingerprintHash: hashOf(fingerprint) };
 }
 
 async function writeManifest(dstDir: string, sel: Selected, files: ManifestFile[]): Promise<string> {
@@ -270,15 +303,18 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
   const started = Date.now();
   const prefix = opts.prefix ?? 'checkpoint_';
   if (/[/\\]/.test(prefix)) throw new InputError(`prefix '${prefix}' must not contain a path separator`);
-  const format: OutputFormat = opts.outputFormat ?? 'ckpt';
-  if (format !== 'ckpt' && format !== 'safetensors') throw new InputError(`output format must be ckpt or safetensors, got '${String(format)}'`);
+  const requested = opts.outputFormat;
+  if (requested !== undefined && requested !== 'ckpt' && requested !== 'safetensors') {
+    throw new InputError(`output format must be ckpt or safetensors, got '${String(requested)}'`);
+  }
   const memory = opts.memory === undefined ? DEFAULT_MEMORY : parseMemorySize(opts.memory);
   const processNum = opts.processNum ?? 1;
   if (!Number.isSafeInteger(processNum) || processNum < 1) throw new InputError(`process number must be a positive integer, got ${processNum}`);
   const dstDir = resolve(opts.dstDir);
   if (existsSync(dstDir) && !(await stat(dstDir)).isDirectory()) throw new InputError('destination exists and is not a directory', { file: dstDir });
 
-  const sel = await selectAndPlan(opts, memory, format, prefix);
+  const sel = await selectAndPlan(opts, memory, requested, prefix);
+  const format = sel.format;
   const notices = [...sel.loaded.notices];
   for (const n of notices) opts.onNotice?.(n);
   for (const f of sel.loaded.sources.files) {
@@ -311,26 +347,48 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
   let maxRss = process.resourceUsage().maxRSS * 1024;
   let processes = 1;
 
+  const summaries = new Map(sel.loaded.plan.ranks.map((x) => [x.rank, x]));
+  const total = todo.reduce((sum, r) => sum + (summaries.get(r)?.bytesWritten ?? 0), 0);
   if (processNum > 1 && !opts.child && todo.length > 1) {
     const blocks = transformProcessBlocks(sel.ranks, processNum).filter((b) => b.some((r) => !done.has(r)));
     processes = blocks.length;
     const bin = binPath();
-    const results = await Promise.allSettled(
-      blocks.map(async (block) => {
-        const args = [bin, 'transform', '--src-checkpoint', opts.srcCheckpoint, '--dst-checkpoint-dir', dstDir,
-          '--prefix', prefix, '--ranks', formatRankRanges(block), '--memory', String(memory), '--output-format', format,
-          '--pick', opts.pick ?? 'last', '--json', '--child'];
-        if (opts.srcStrategy) args.push('--src-strategy', opts.srcStrategy);
-        if (opts.dstStrategy) args.push('--dst-strategy', opts.dstStrategy);
-        const r = await execa(process.execPath, args, { reject: false, all: false, stdin: 'ignore' });
-        if (r.exitCode !== 0) {
-          const text = String(r.stderr).trim().replace(/^msckpt: /, '') || `exited with code ${r.exitCode}`;
-          const Err = r.exitCode === 2 ? InputError : FailureError;
-          throw new Err(`converter for ranks ${formatRankRanges(block)} failed: ${text}`);
-        }
-        return JSON.parse(String(r.stdout)) as TransformReport;
-      }),
-    );
+    // children report written bytes over IPC; the parent shows one progress line
+    const progress = createProgress(total, opts.progress !== false);
+    progress.label(`${blocks.length} converters`);
+    let results: PromiseSettledResult<TransformReport>[];
+    try {
+      results = await Promise.allSettled(
+        blocks.map(async (block) => {
+          const args = [bin, 'transform', '--src-checkpoint', opts.srcCheckpoint, '--dst-checkpoint-dir', dstDir,
+            '--prefix', prefix, '--ranks', formatRankRanges(block), '--memory', String(memory), '--output-format', format,
+            '--pick', opts.pick ?? 'last', '--json', '--child'];
+          if (opts.srcStrategy) args.push('--src-strategy', opts.srcStrategy);
+          if (opts.dstStrategy) args.push('--dst-strategy', opts.dstStrategy);
+          if (opts.srcFormat !== undefined) args.push('--src-format', opts.srcFormat);
+          if (opts.crc === true) args.push('--crc');
+          const child = execa(process.execPath, args, { reject: false, all: false, stdin: 'ignore', ipc: true, serialization: 'json' });
+          child.on('message', (m: unknown) => {
+            if (typeof m === 'object' && m !== null && typeof (m as { progress?: unknown }).progress === 'number') {
+              progress.advance((m as { progress: number }).progress);
+            }
+          });
+          const r = await child;
+          if (r.exitCode !== 0) {
+            const text = String(r.stderr).trim().replace(/^msckpt: /, '') || `exited with code ${r.exitCode ?? r.signal ?? '?'}`;
+            const Err = r.exitCode === 2 ? InputError : FailureError;
+            throw new Err(`converter for ranks ${formatRankRanges(block)} failed: ${text}`);
+          }
+          try {
+            return JSON.parse(String(r.stdout)) as TransformReport;
+          } catch {
+            throw new FailureError(`converter for ranks ${formatRankRanges(block)} printed no report`);
+          }
+        }),
+      );
+    } finally {
+      progress.done();
+    }
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed !== undefined) throw failed.reason;
     for (const r of results) {
@@ -343,26 +401,27 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
     }
   } else {
     const plan = sel.loaded.plan;
-    const summaries = new Map(plan.ranks.map((s) => [s.rank, s]));
-    const total = todo.reduce((s, r) => s + (summaries.get(r)?.bytesWritten ?? 0), 0);
-    const progress = createProgress(total, opts.progress !== false);
+    const progress = opts.child === true && typeof process.send === 'function' ? childProgress() : createProgress(total, opts.progress !== false);
     const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
     const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
     const buffers = new TransformBuffers(bufferSizes(memory));
     try {
       for (const r of todo) {
-        const rp = planRank(plan, r);
+        const rp = rankPlanInWriteOrder(planRank(plan, r), format);
         const out = transformOutputPath(dstDir, r, prefix, format);
         progress.label(`rank ${r}`);
-        const sink = await createOutputSink(out, format, rp.tensors.map(sinkTensorOf));
+        expectAtomicCrc32(out);
+        const sink = await createOutputSink(out, format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true });
         try {
           bytesRead += await executeRankPlan(rp, pool, sink, buffers, (n) => progress.advance(n));
           await sink.close();
         } catch (err) {
+          takeAtomicCrc32(out);
           await sink.abort().catch(() => undefined);
           throw err;
         }
-        const { size, crc32: crc } = await fileCrc32Of(out);
+        // CRC-32 computed while writing; read the file back only when the writes could not tell
+        const { size, crc32: crc } = takeAtomicCrc32(out) ?? (await fileCrc32Of(out));
         bytesWritten += size;
         files.push({ rank: r, path: relative(dstDir, out), size, crc32: crc });
       }

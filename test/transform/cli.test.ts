@@ -135,4 +135,29 @@ describe('msckpt transform / plan / verify / rank-list (CLI)', () => {
       expect(await readdir(join(dir, 'm'))).toContain('transform_manifest.json');
     });
   });
+
+  it('issue 7 through the CLI: safetensors rank tree, --process-num 2 --crc, picked files announced, output safetensors by default', async () => {
+    await withTempDir(async (dir) => {
+      const { complete, s4 } = await setup(dir);
+      // slice to safetensors, then put a stale older file beside each slice
+      const st = join(dir, 'st');
+      const a = await runCli(['transform', '--src-checkpoint', complete, '--dst-strategy', s4, '--dst-checkpoint-dir', st, '--output-format', 'safetensors', '--prefix', 'net_1_', '--json']);
+      expect(a.exitCode, a.stderr).toBe(0);
+      for (let r = 0; r < 4; r++) {
+        const cur = join(st, `rank_${r}`, `net_1_${r}.safetensors`);
+        await writeFile(join(st, `rank_${r}`, `net_0_${r + 100}.safetensors`), await readFile(cur));
+      }
+      const out = join(dir, 'out');
+      const b = await runCli(['transform', '--src-checkpoint', st, '--src-strategy', s4, '--dst-checkpoint-dir', out, '--process-num', '2', '--crc']);
+      expect(b.exitCode, b.stderr).toBe(0);
+      expect(b.stderr).toMatch(/rank_0: 2 \.safetensors files, using net_1_0\.safetensors \(largest epoch\/step/);
+      expect(await readdir(join(out, 'rank_0'))).toEqual(['checkpoint_0.safetensors']);
+      const raw = await readFile(join(out, 'rank_0', 'checkpoint_0.safetensors'));
+      const header = JSON.parse(raw.subarray(8, 8 + Number(raw.readBigUInt64LE(0))).toString('utf8')) as { __metadata__: Record<string, string> };
+      expect(header.__metadata__['format']).toBe('ms');
+      expect(header.__metadata__['crc_num']).toMatch(/^\d+$/);
+      const v = await runCli(['verify', out, '--json']);
+      expect(v.exitCode, v.stdout + v.stderr).toBe(0);
+    });
+  });
 });

@@ -62,7 +62,8 @@ function randomLayout(rand: () => number, params: Param[], stages: number): Layo
       const extra: Partial<ParamLayout> = { stage: st };
       let opt = 1;
       if (rand() < 0.35 && group > 1) {
-        const choice = rand() < 0.5 ? -1 : 2;
+        // a shard size must divide the repeated group (MindSpore does not shard otherwise; plugin/layout refuses it)
+        const choice = rand() < 0.5 || group % 2 !== 0 ? -1 : 2;
         opt = choice === -1 ? group : Math.min(2, group);
         if ((p.full[0] as number) % (mp0 * opt) === 0) Object.assign(extra, { optShardSize: choice, optShardStep: 1 });
         else opt = 1;

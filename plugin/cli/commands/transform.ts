@@ -23,6 +23,8 @@ interface Flags {
   memory?: string;
   pick?: string;
   outputFormat?: string;
+  srcFormat?: string;
+  crc?: boolean;
   json?: boolean;
   child?: boolean;
 }
@@ -61,14 +63,18 @@ export function register(program: Command): void {
     .option('--ranks <list>', 'write only these destination ranks, e.g. 8-15 or 0,2,4-7')
     .option('--memory <size>', 'buffer budget, e.g. 512M or 2G', '512M')
     .option('--pick <rule>', 'which file of a rank_N folder holding several: last (name order) or newest', 'last')
-    .option('--output-format <fmt>', 'ckpt or safetensors', 'ckpt')
+    .option('--output-format <fmt>', "ckpt or safetensors (default: the source's format)")
+    .option('--src-format <fmt>', 'rank_N folders holding both .ckpt and .safetensors files: which to read (default safetensors)')
+    .option('--crc', 'ckpt: append the CRC-32 trailer; safetensors: store crc_num in the metadata')
     .option('--json', 'print one JSON report on stdout')
     .addOption(new Option('--child').hideHelp())
     .action(async (flags: Flags) => {
       if (flags.srcCheckpoint === undefined) throw new InputError('--src-checkpoint is required');
       if (flags.dstCheckpointDir === undefined) throw new InputError('--dst-checkpoint-dir is required');
-      const fmt = flags.outputFormat ?? 'ckpt';
-      if (fmt !== 'ckpt' && fmt !== 'safetensors') throw new InputError(`--output-format must be ckpt or safetensors, got '${fmt}'`);
+      const fmt = flags.outputFormat;
+      if (fmt !== undefined && fmt !== 'ckpt' && fmt !== 'safetensors') throw new InputError(`--output-format must be ckpt or safetensors, got '${fmt}'`);
+      const srcFormat = flags.srcFormat;
+      if (srcFormat !== undefined && srcFormat !== 'ckpt' && srcFormat !== 'safetensors') throw new InputError(`--src-format must be ckpt or safetensors, got '${srcFormat}'`);
       const json = flags.json === true;
       const worldSize = intFlag('world-size', flags.worldSize, 1);
       const rank = intFlag('rank', flags.rank, 0);
@@ -81,7 +87,9 @@ export function register(program: Command): void {
         prefix: flags.prefix ?? 'checkpoint_',
         processNum: intFlag('process-num', flags.processNum, 1) ?? 1,
         memory: flags.memory ?? '512M',
-        outputFormat: fmt,
+        ...(fmt !== undefined ? { outputFormat: fmt } : {}),
+        ...(srcFormat !== undefined ? { srcFormat } : {}),
+        ...(flags.crc === true ? { crc: true } : {}),
         progress: !json,
         child: flags.child === true,
         ...(worldSize !== undefined ? { worldSize } : {}),
