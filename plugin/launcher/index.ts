@@ -5,3 +5,4 @@ export * from './identity.js';
 export { loadYamlWithPositions, YamlSyntaxError, type LocatedYaml, type SourcePosition } from './yaml-positions.js';
 // The launcher hook (engineer "launch").
 export { launch, assignConverters, cleanJobOutputs, planIsIdentity, substituteConfig, type LaunchOptions, type ConverterAssignment, type CleanReport } from './launch.js';
+export { launchSources, safetensorsSlicingOf, type SafetensorsSlicing } from './launch.js';

@@ -15,11 +15,17 @@
  * 6. Train: the command with a derived YAML (load_checkpoint -> converted weights,
  *    auto_trans_ckpt: False), stdio inherited, SIGINT/SIGTERM forwarded; its exit code returned.
  * With only_save_strategy: True the launch is a dry run: strategies, then the plan, exit 0.
+ *
+ * load_ckpt_format: safetensors takes the same steps: a complete source (a single file, a unified
+ * folder with param_name_map.json, an HF index) or rank_N/*.safetensors (per rank the file with
+ * the largest (epoch, step)) becomes <name>/rank_R/checkpoint_R.safetensors, written as MindSpore
+ * writes safetensors. With msckpt.safetensors_slicing: load-time, complete weights are left
+ * unified and mindformers slices them while loading (steps 2-5 are skipped).
  */
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { formatBytes } from '../cli/progress.js';
 import { CoordinationError, Coordinator, type HeartbeatHandle } from '../coordination/coordinator.js';
@@ -57,9 +63,18 @@ export interface LaunchOptions {
   readonly localWorkerNum?: number;
   /** Buffer budget of a converter in bytes (default 512 MiB). */
   readonly memory?: number;
+  /**
+   * With `load_ckpt_format: safetensors`: `convert` (default) slices complete weights per rank
+   * into output/transformed_checkpoint; `load-time` leaves them unified for mindformers to slice
+   * while loading (default: the YAML's `msckpt.safetensors_slicing`, else `convert`).
+   */
+  readonly safetensorsSlicing?: SafetensorsSlicing;
   /** Where progress lines go (default: stderr, prefixed with the rank). */
   readonly log?: (line: string) => void;
 }
+
+/** How a job with `load_ckpt_format: safetensors` gets its slices (see LaunchOptions). */
+export type SafetensorsSlicing = 'convert' | 'load-time';
 
 /** One converter and the destination slices it writes. */
 export interface ConverterAssignment {
@@ -298,15 +313,59 @@ function abs(ctx: Ctx, p: string): string {
   return resolve(ctx.cfg.baseDir, p);
 }
 
-/** The sources to convert: one folder of rank_N, or each complete file (its stem is the name). */
-function sourcesOf(ctx: Ctx): Array<{ name: string; path: string }> {
-  const s = ctx.cfg.source;
+/**
+ * The sources to convert: one folder of rank_N, or each complete file (its stem is the name).
+ * With safetensors a folder of complete weights is one source named after the folder: a unified
+ * folder (`param_name_map.json`; path: the folder) or an HF index (path: the index file); a
+ * folder holding a single file is that file, named by its stem.
+ */
+export async function launchSources(cfg: RunConfig): Promise<Array<{ name: string; path: string }>> {
+  const s = cfg.source;
   if (s === undefined || s.kind === 'missing' || s.kind === 'empty-dir') {
-    throw new InputError(`load_checkpoint '${ctx.cfg.loadCheckpoint}' holds no checkpoint to convert`, { key: 'load_checkpoint' });
+    throw new InputError(`load_checkpoint '${cfg.loadCheckpoint}' holds no checkpoint to convert`, { key: 'load_checkpoint' });
   }
   const names = transformedNames(s);
   if (s.kind === 'rank-dir') return [{ name: names[0] as string, path: s.path }];
+  if (cfg.loadCkptFormat === 'safetensors' && s.kind === 'complete-dir') {
+    const listed = (await listNames(s.path)).filter((e) => !e.dir).map((e) => e.name);
+    const indexes = listed.filter((n) => n.endsWith('.index.json'));
+    if (listed.includes('param_name_map.json')) return [{ name: basename(s.path), path: s.path }];
+    if (indexes.length === 1) return [{ name: basename(s.path), path: join(s.path, indexes[0] as string) }];
+    if (indexes.length > 1) {
+      throw new InputError(`holds ${indexes.length} index files (${indexes.join(', ')}); keep the one of these weights`, { file: s.path, key: 'load_checkpoint' });
+    }
+    const weights = s.files.filter((f) => /\.safetensors$/i.test(f));
+    if (weights.length > 1) {
+      throw new InputError(
+        `holds ${weights.length} .safetensors files but no param_name_map.json or *.index.json to say which tensor is where; ` +
+          'add the index of these weights (or keep one complete file in the folder)',
+        { file: s.path, key: 'load_checkpoint' },
+      );
+    }
+    const f = weights[0] as string;
+    return [{ name: (basename(f).split('.')[0] as string) || 'checkpoint', path: f }];
+  }
   return s.files.map((f, i) => ({ name: names[i] as string, path: f }));
+}
+
+/**
+ * The source strategy of a rank-dir source: src_strategy_path_or_dir, or for safetensors (as
+ * mindformers does) the `strategy` folder beside load_checkpoint when that key is unset.
+ */
+function srcStrategyOf(ctx: Ctx): string | null {
+  const { cfg } = ctx;
+  if (cfg.source?.kind !== 'rank-dir') return null;
+  if (cfg.srcStrategyPathOrDir !== '') return abs(ctx, cfg.srcStrategyPathOrDir);
+  if (cfg.loadCkptFormat === 'safetensors' && cfg.source.ranks.length > 1) {
+    const fallback = join(dirname(cfg.source.path), 'strategy');
+    if (existsSync(fallback)) return fallback;
+  }
+  return null;
+}
+
+/** `output/transformed_checkpoint/<name>/rank_R/checkpoint_R.<ckpt|safetensors>`: the job's format. */
+function transformedFile(cfg: RunConfig, name: string, rank: number): string {
+  return join(cfg.paths.transformedRankDir(name, rank), `checkpoint_${rank}.${cfg.loadCkptFormat}`);
 }
 
 async function strategyStep(ctx: Ctx, coord: Coordinator, dstOverride: string | undefined): Promise<string | null> {
@@ -348,11 +407,11 @@ async function checkStep(ctx: Ctx, coord: Coordinator, dst: string | null, memor
     const got = await coord.waitAll<CheckResult>('checked', { ranks: [coord.leader], what: 'the check of the weights' });
     return got.get(coord.leader) as CheckResult;
   }
-  const srcStrategy = cfg.srcStrategyPathOrDir !== '' && cfg.source?.kind === 'rank-dir' ? abs(ctx, cfg.srcStrategyPathOrDir) : null;
+  const srcStrategy = srcStrategyOf(ctx);
   const names: NameCheck[] = [];
-  for (const s of sourcesOf(ctx)) {
+  for (const s of await launchSources(cfg)) {
     const loaded = await loadPlan({
-      srcCheckpoint: s.path, srcStrategy, dstStrategy: dst, memory, worldSize: cfg.useParallel ? id.worldSize : 1,
+      srcCheckpoint: s.path, srcStrategy, dstStrategy: dst, memory, worldSize: cfg.useParallel ? id.worldSize : 1, srcFormat: cfg.loadCkptFormat,
       ...(ctx.shared || !cfg.useParallel ? {} : { ranks: ctx.group }),
     });
     for (const n of loaded.notices) ctx.log(n);
@@ -382,7 +441,7 @@ function describePlan(ctx: Ctx, check: CheckResult, converters: readonly Convert
       lines.push(`${n.name}: ${n.source} already holds this job's slices; no conversion`);
       continue;
     }
-    lines.push(`${n.name}: ${n.source} -> ${ctx.cfg.paths.transformedDir}/${n.name}/rank_R/checkpoint_R.ckpt`);
+    lines.push(`${n.name}: ${n.source} -> ${ctx.cfg.paths.transformedDir}/${n.name}/rank_R/checkpoint_R.${ctx.cfg.loadCkptFormat}`);
     const per = new Map(n.ranks.map((r) => [r.rank, r]));
     for (const c of converters) {
       const rs = c.slices.map((r) => per.get(r)).filter((x) => x !== undefined);
@@ -408,9 +467,10 @@ async function convertSlices(
   counter: { files: number; dieAfter?: number; throwAfter?: number },
 ): Promise<void> {
   const { cfg, id } = ctx;
-  const srcStrategy = cfg.srcStrategyPathOrDir !== '' && cfg.source?.kind === 'rank-dir' ? abs(ctx, cfg.srcStrategyPathOrDir) : null;
+  const srcStrategy = srcStrategyOf(ctx);
   const loaded = await loadPlan({
     srcCheckpoint: name.source, srcStrategy, dstStrategy: dst, memory, ranks: slices, worldSize: cfg.useParallel ? id.worldSize : 1,
+    srcFormat: cfg.loadCkptFormat,
   });
   const plan = loaded.plan;
   const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
@@ -421,9 +481,10 @@ async function convertSlices(
   try {
     for (const s of plan.ranks) {
       const rp = planRank(plan, s.rank);
-      const out = cfg.paths.transformedRankFile(name.name, s.rank);
+      const out = transformedFile(cfg, name.name, s.rank);
       hb.update({ done, total, label: `${name.name}/rank_${s.rank}` });
-      const sink = await createOutputSink(out, 'ckpt', rp.tensors.map(sinkTensorOf));
+      // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
+      const sink = await createOutputSink(out, cfg.loadCkptFormat, rp.tensors.map(sinkTensorOf));
       try {
         await executeRankPlan(rp, pool, sink, buffers, (n) => {
           done += n;
@@ -443,6 +504,33 @@ async function convertSlices(
   } finally {
     await pool.close();
   }
+}
+
+/** `msckpt.safetensors_slicing` of the YAML (validated by the schema), default `convert`. */
+export function safetensorsSlicingOf(cfg: RunConfig): SafetensorsSlicing {
+  const ms = cfg.raw['msckpt'];
+  const v = ms !== null && typeof ms === 'object' && !Array.isArray(ms) ? (ms as Record<string, unknown>)['safetensors_slicing'] : undefined;
+  return v === 'load-time' ? 'load-time' : 'convert';
+}
+
+/**
+ * Load-time slicing of complete safetensors: nothing is converted; the weights are checked to
+ * open as one complete set and the derived YAML points at them (absolute), keeping
+ * `load_ckpt_format: safetensors` and `auto_trans_ckpt: True` so that mindformers slices them
+ * while loading (load_distributed_checkpoint with unified_safetensors_dir).
+ */
+async function loadTimeYaml(cfg: RunConfig, rank: number, log: (line: string) => void): Promise<string> {
+  const sources = await launchSources(cfg);
+  const src = sources[0] as { name: string; path: string };
+  const opened = await openWeightsFile(src.path);
+  const tensors = opened.entries().length;
+  await opened.close();
+  const loadPath = cfg.source?.kind === 'file' ? src.path : (cfg.source?.path ?? src.path);
+  if (rank === 0) log(`load-time slicing (msckpt.safetensors_slicing: load-time): ${loadPath} (${tensors} tensors) is left unified; mindformers slices it while loading`);
+  const path = cfg.paths.derivedConfig(`train_rank_${rank}`);
+  await mkdir(cfg.paths.msckptDir, { recursive: true });
+  await writeFileAtomic(path, deriveRunConfig(cfg, { load_checkpoint: loadPath, load_ckpt_format: 'safetensors', auto_trans_ckpt: true }));
+  return path;
 }
 
 /**
@@ -465,6 +553,16 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   const log = opts.log ?? defaultLog(`rank ${id.rank}`);
   if (!cfg.autoTransCkpt && !cfg.onlySaveStrategy) {
     return (await runCommand(substituteConfig(opts.command, cfg.file), { cwd, env })).code;
+  }
+  const slicing = opts.safetensorsSlicing ?? safetensorsSlicingOf(cfg);
+  if (cfg.loadCkptFormat === 'safetensors' && slicing === 'load-time' && cfg.useParallel && !cfg.onlySaveStrategy) {
+    if (cfg.source?.kind !== 'rank-dir') {
+      const yamlPath = await loadTimeYaml(cfg, id.rank, log);
+      return (await runCommand(substituteConfig(opts.command, yamlPath), { cwd, env: { ...env, MSCKPT_RANK: String(id.rank), MSCKPT_WORLD_SIZE: String(id.worldSize) } })).code;
+    }
+    if (id.rank === 0 || id.localRank === 0) {
+      log('safetensors_slicing: load-time applies to complete weights; distributed rank folders are re-sharded per rank as usual');
+    }
   }
 
   const settings = cfg.msckpt;
@@ -603,7 +701,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     if (todo.length === 0) log(`weights at ${loadPath} already match this job's layout: no conversion`);
     else if (cfg.useParallel) {
       for (const n of todo) {
-        const f = cfg.paths.transformedRankFile(n.name, id.rank);
+        const f = transformedFile(cfg, n.name, id.rank);
         if (!existsSync(f)) throw new FailureError(`converted file ${f} is missing after every converter reported success`);
       }
     }

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { MSCKPT_BIN } from '../helpers/cli.js';
 import { repoRoot } from '../helpers/fixtures.js';
 import { msrun, type WorkerResult } from '../fixtures/msrun.js';
-import { writeCompleteModel, writeSlicedModel, type StandInParallel } from '../fixtures/model.js';
+import { writeCompleteModel, writeSlicedModel, writeSlicedSafetensors, writeUnifiedSafetensors, type StandInParallel } from '../fixtures/model.js';
 
 export const TRAIN_SCRIPT = join(repoRoot, 'test', 'fixtures', 'train.ts');
 export const TSX_LOADER = import.meta.resolve('tsx');
@@ -31,6 +31,8 @@ export interface YamlOptions {
   useParallel?: boolean;
   msckpt?: Record<string, unknown>;
   extra?: string;
+  /** load_ckpt_format (default: not written, i.e. ckpt). */
+  format?: 'ckpt' | 'safetensors';
 }
 
 export function runYaml(o: YamlOptions): string {
@@ -46,6 +48,7 @@ export function runYaml(o: YamlOptions): string {
     `use_parallel: ${o.useParallel === false ? 'False' : 'True'}`,
     'npu_num_per_node: 4',
   ];
+  if (o.format !== undefined) lines.push(`load_ckpt_format: ${o.format}`);
   if (o.srcStrategy !== undefined) lines.push(`src_strategy_path_or_dir: ${o.srcStrategy}`);
   lines.push(
     'parallel:',
@@ -75,6 +78,22 @@ export async function writeSliced(node: string, par: StandInParallel): Promise<v
   const complete = join(node, 'complete.ckpt');
   await writeCompleteModel(complete);
   await writeSlicedModel(complete, join(node, 'sliced'), join(node, 'src_strategy'), par);
+}
+
+/** The complete stand-in model as a unified safetensors folder `<node>/weights/<name>` (several parts), or HF shards + index. */
+export async function writeUnified(node: string, name = 'llama_unified', hf = false): Promise<string> {
+  const dir = join(node, 'weights', name);
+  await writeUnifiedSafetensors(dir, { partSize: 4096, hf });
+  return dir;
+}
+
+/**
+ * The stand-in model sliced for `par` as distributed safetensors at `<node>/sliced/rank_R/` (one
+ * file per (epoch, step) of `saves`; only the largest holds the right bytes) with the strategies
+ * in `<node>/strategy` (where mindformers looks when src_strategy_path_or_dir is unset).
+ */
+export async function writeSlicedST(node: string, par: StandInParallel, saves?: ReadonlyArray<readonly [number, number]>): Promise<void> {
+  await writeSlicedSafetensors(join(node, 'sliced'), join(node, 'strategy'), par, saves);
 }
 
 export interface JobRun {

@@ -1,6 +1,7 @@
 /**
  * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout S] [--heartbeat-timeout S]
  * [--poll-interval MS] [--shared-disk | --no-shared-disk] [--local-worker-num N] [--memory SIZE]
+ * [--safetensors-slicing convert|load-time]
  * -- <training command ...>`:
  * the hook every rank msrun starts runs; `{config}` in the command becomes the YAML to read.
  */
@@ -20,6 +21,7 @@ interface LaunchFlags {
   sharedDisk?: boolean;
   localWorkerNum?: string;
   memory?: string;
+  safetensorsSlicing?: string;
 }
 
 function positive(v: string | undefined, flag: string, integer: boolean): number | undefined {
@@ -44,8 +46,13 @@ export function register(program: Command): void {
     .option('--no-shared-disk', 'each node converts its own ranks into its local output_dir')
     .option('--local-worker-num <n>', "workers per node, when msrun's environment cannot tell")
     .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (default 512M)')
+    .option('--safetensors-slicing <mode>', 'load_ckpt_format safetensors with complete weights: convert (slice per rank now) or load-time (leave unified for mindformers)')
     .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
     .action(async (command: string[], flags: LaunchFlags) => {
+      const slicing = flags.safetensorsSlicing;
+      if (slicing !== undefined && slicing !== 'convert' && slicing !== 'load-time') {
+        throw new InputError(`--safetensors-slicing must be 'convert' or 'load-time', got '${slicing}'`);
+      }
       const code = await launch({
         config: flags.config,
         command,
@@ -55,6 +62,7 @@ export function register(program: Command): void {
         ...(flags.pollInterval !== undefined ? { pollInterval: positive(flags.pollInterval, '--poll-interval', true) } : {}),
         ...(flags.sharedDisk !== undefined ? { sharedDisk: flags.sharedDisk } : {}),
         ...(flags.memory !== undefined ? { memory: parseMemorySize(flags.memory) } : {}),
+        ...(slicing !== undefined ? { safetensorsSlicing: slicing } : {}),
         ...(flags.localWorkerNum !== undefined ? { localWorkerNum: positive(flags.localWorkerNum, '--local-worker-num', true) } : {}),
       });
       process.exitCode = code;
