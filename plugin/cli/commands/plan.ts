@@ -10,6 +10,7 @@ import { intFlag, pickFlag } from './transform.js';
 export const order = 21;
 
 interface Flags {
+  srcFormat?: string;
   srcCheckpoint?: string;
   srcStrategy?: string;
   dstStrategy?: string;
@@ -41,6 +42,12 @@ export function register(program: Command): void {
     .option('--memory <size>', 'buffer budget, e.g. 512M', '512M')
     .option('--pick <rule>', 'last or newest file of a rank_N folder', 'last')
     .option('--json', 'print the full plan (with copy operations) as one JSON object')
+    // accepted so that a transform command line can be re-run as `plan` unchanged; plan writes nothing
+    .option('--dst-checkpoint-dir <dir>', 'ignored (plan writes nothing)')
+    .option('--prefix <prefix>', 'ignored (plan writes nothing)')
+    .option('--process-num <k>', 'ignored (plan writes nothing)')
+    .option('--src-format <format>', 'ckpt or safetensors, for rank_N folders holding both')
+    .option('--output-format <format>', 'ignored (plan writes nothing)')
     .action(async (flags: Flags) => {
       if (flags.srcCheckpoint === undefined) throw new InputError('--src-checkpoint is required');
       let ranks: number[] | undefined;
@@ -49,6 +56,10 @@ export function register(program: Command): void {
       if (flags.ranks !== undefined) ranks = parseRankRanges(flags.ranks);
       const worldSize = intFlag('world-size', flags.worldSize, 1);
       const pick = pickFlag(flags.pick);
+      const srcFormat = flags.srcFormat;
+      if (srcFormat !== undefined && srcFormat !== 'ckpt' && srcFormat !== 'safetensors') {
+        throw new InputError(`--src-format must be 'ckpt' or 'safetensors', got '${srcFormat}'`);
+      }
       const loaded = await loadPlan({
         srcCheckpoint: flags.srcCheckpoint,
         srcStrategy: flags.srcStrategy ?? null,
@@ -57,6 +68,7 @@ export function register(program: Command): void {
         ...(ranks !== undefined ? { ranks } : {}),
         ...(worldSize !== undefined ? { worldSize } : {}),
         ...(pick !== undefined ? { pick } : {}),
+        ...(srcFormat !== undefined ? { srcFormat } : {}),
       });
       const plan = loaded.plan;
       if (flags.json === true) {
