@@ -5,22 +5,28 @@
  * complete. With `processNum: K` the selected ranks are cut into K contiguous blocks
  * (`[i*W/K, (i+1)*W/K)`, as mindformers' transform_process_num does) and each block is converted
  * by a child `msckpt transform --ranks a-b` process; children report their files on stdout and
- * the parent writes the manifest once all succeeded.
+ * the parent writes the manifest once all succeeded. Within one process, consecutive ranks of the
+ * same stage that list the same tensors are converted together (up to 8, `executeRankPlanGroup`),
+ * so each source span is read once per group rather than once per rank.
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
-import { dirname, join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join, relative, resolve } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { execa } from 'execa';
 import { createProgress, type Progress } from '../cli/progress.js';
+import { packageFile } from '../package-files.js';
 import { FailureError, InputError } from '../errors.js';
 import { expectAtomicCrc32, takeAtomicCrc32, writeFileAtomic } from '../formats/atomic.js';
-import { bufferSizes, DEFAULT_MEMORY, planRank } from '../plan/build.js';
+import { DEFAULT_MEMORY, planRank, type RankPlan } from '../plan/build.js';
 import { createOutputSink, openWeightsFile, type OutputFormat } from '../plan/io.js';
 import { loadPlan, type LoadedPlan, type PickRule, type SourceFormat } from '../plan/load.js';
-import { createTransformSourcePool, TransformBuffers, executeRankPlan, rankPlanInWriteOrder, sinkTensorOf } from './execute.js';
+import type { TensorSink } from '../formats/types.js';
+import {
+  createTransformSourcePool, executeRankPlan, executeRankPlanGroup, rankPlanInWriteOrder, rankPlansShareTensors, sinkTensorOf,
+  TransformBuffers, transformGroupBufferSizes, transformGroupSize,
+} from './execute.js';
 
 export const TRANSFORM_MANIFEST_NAME = 'transform_manifest.json';
 
@@ -235,12 +241,11 @@ function hashOf(value: unknown): string {
 }
 
 function binPath(): string {
-  const here = dirname(fileURLToPath(import.meta.url));
-  for (const up of ['../../bin/msckpt.js', '../../../bin/msckpt.js']) {
-    const p = resolve(here, up);
-    if (existsSync(p)) return p;
+  try {
+    return packageFile('bin/msckpt.js');
+  } catch {
+    throw new FailureError('cannot find bin/msckpt.js to start converter processes');
   }
-  throw new FailureError('cannot find bin/msckpt.js to start converter processes');
 }
 
 interface Selected {
@@ -404,26 +409,53 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
     const progress = opts.child === true && typeof process.send === 'function' ? childProgress() : createProgress(total, opts.progress !== false);
     const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
     const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
-    const buffers = new TransformBuffers(bufferSizes(memory));
+    // destination ranks of the same stage listing the same tensors are converted together (each
+    // source span read once for the whole group); the band budget is split across the group
+    const groupSize = transformGroupSize(memory);
+    const buffers = new TransformBuffers(transformGroupBufferSizes(memory, groupSize));
     try {
-      for (const r of todo) {
-        const rp = rankPlanInWriteOrder(planRank(plan, r), format);
-        const out = transformOutputPath(dstDir, r, prefix, format);
-        progress.label(`rank ${r}`);
-        expectAtomicCrc32(out);
-        const sink = await createOutputSink(out, format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true });
+      let next: RankPlan | null = null;
+      let i = 0;
+      while (i < todo.length) {
+        const first: RankPlan = next ?? rankPlanInWriteOrder(planRank(plan, todo[i] as number), format);
+        next = null;
+        const group: RankPlan[] = [first];
+        i++;
+        while (i < todo.length && group.length < groupSize) {
+          const rp = rankPlanInWriteOrder(planRank(plan, todo[i] as number), format);
+          if (!rankPlansShareTensors(first, rp)) {
+            next = rp;
+            break;
+          }
+          group.push(rp);
+          i++;
+        }
+        const outs = group.map((rp) => transformOutputPath(dstDir, rp.rank, prefix, format));
+        progress.label(group.length === 1 ? `rank ${first.rank}` : `ranks ${formatRankRanges(group.map((rp) => rp.rank))}`);
+        const sinks: TensorSink[] = [];
         try {
-          bytesRead += await executeRankPlan(rp, pool, sink, buffers, (n) => progress.advance(n));
-          await sink.close();
+          for (let k = 0; k < group.length; k++) {
+            expectAtomicCrc32(outs[k] as string);
+            const rp = group[k] as RankPlan;
+            sinks.push(await createOutputSink(outs[k] as string, format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true }));
+          }
+          bytesRead += group.length === 1
+            ? await executeRankPlan(first, pool, sinks[0] as TensorSink, buffers, (n) => progress.advance(n))
+            : await executeRankPlanGroup(group, pool, sinks, buffers, (n) => progress.advance(n));
+          for (const sink of sinks) await sink.close();
         } catch (err) {
-          takeAtomicCrc32(out);
-          await sink.abort().catch(() => undefined);
+          for (const out of outs) takeAtomicCrc32(out);
+          // abort is a no-op for sinks already closed (their files are complete)
+          for (const sink of sinks) await sink.abort().catch(() => undefined);
           throw err;
         }
-        // CRC-32 computed while writing; read the file back only when the writes could not tell
-        const { size, crc32: crc } = takeAtomicCrc32(out) ?? (await fileCrc32Of(out));
-        bytesWritten += size;
-        files.push({ rank: r, path: relative(dstDir, out), size, crc32: crc });
+        for (let k = 0; k < group.length; k++) {
+          const out = outs[k] as string;
+          // CRC-32 computed while writing; read the file back only when the writes could not tell
+          const { size, crc32: crc } = takeAtomicCrc32(out) ?? (await fileCrc32Of(out));
+          bytesWritten += size;
+          files.push({ rank: (group[k] as RankPlan).rank, path: relative(dstDir, out), size, crc32: crc });
+        }
       }
     } finally {
       await pool.close();
