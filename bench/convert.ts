@@ -97,6 +97,7 @@ export async function run(): Promise<void> {
     await mkdir(cpDir);
     const cpHf = await timed(async () => {
       await exec('cp', [join(hf, 'model-00001-of-00002.safetensors'), join(hf, 'model-00002-of-00002.safetensors'), cpDir]);
+      await exec('sync', []); // our outputs are fsynced; so is the copy we compare with
     });
     await rm(cpDir, { recursive: true });
     const ckpt = join(dir, 'model.ckpt');
@@ -104,6 +105,7 @@ export async function run(): Promise<void> {
     const ckptSize = (await stat(ckpt)).size;
     const cpCk = await timed(async () => {
       await exec('cp', [ckpt, join(dir, 'copy.ckpt')]);
+      await exec('sync', []);
     });
     await rm(join(dir, 'copy.ckpt'));
     await rm(hf, { recursive: true });
