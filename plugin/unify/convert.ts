@@ -11,6 +11,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { basename, extname, join, relative, resolve } from 'node:path';
 import { InputError } from '../errors.js';
+import { runPool } from './pool.js';
 import { createCheckpointSink, openCheckpoint } from '../formats/ckpt/index.js';
 import { COPY_PIECE } from '../formats/copy.js';
 import { createSafetensorsSink, openSafetensorsFile } from '../formats/safetensors/index.js';
@@ -178,25 +179,6 @@ async function collect(src: string, ext: string, regex: RegExp | undefined): Pro
   return out;
 }
 
-/** Run `jobs` with at most `n` at once; the first failure is thrown after running ones settle. */
-async function pool<T>(jobs: Array<() => Promise<T>>, n: number): Promise<T[]> {
-  const results: T[] = new Array<T>(jobs.length);
-  let next = 0;
-  let failed: unknown = null;
-  const worker = async (): Promise<void> => {
-    while (failed === null && next < jobs.length) {
-      const i = next++;
-      try {
-        results[i] = await (jobs[i] as () => Promise<T>)();
-      } catch (err) {
-        if (failed === null) failed = err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(n, jobs.length)) }, worker));
-  if (failed !== null) throw failed;
-  return results;
-}
 
 async function convertTree(direction: Direction, src: string, dst: string, opts: WeightsConvertOptions): Promise<WeightsConvertResult> {
   const [fromExt, toExt] = direction === 'ckpt-to-safetensors' ? ['.ckpt', '.safetensors'] : ['.safetensors', '.ckpt'];
@@ -224,7 +206,7 @@ async function convertTree(direction: Direction, src: string, dst: string, opts:
   });
   const processes = opts.processes ?? 1;
   if (!Number.isSafeInteger(processes) || processes < 1) throw new InputError(`processes must be a positive integer, got ${processes}`);
-  const done = await pool(jobs, processes);
+  const done = await runPool(jobs, processes);
   return { files: done, tensors: done.reduce((a, f) => a + f.tensors, 0), bytes: done.reduce((a, f) => a + f.bytes, 0) };
 }
 

@@ -20,6 +20,7 @@ import type { ParamLayout, Strategy } from '../formats/strategy/model.js';
 import type { Box, SinkTensor, TensorEntry, TensorSink, TensorSource } from '../formats/types.js';
 import { checkShapes, distinctSlices, layoutsOfStage, stageCount, stageDeviceCount } from '../layout/index.js';
 import { loadStrategy } from '../plan/load.js';
+import { runPool } from './pool.js';
 
 export const UNIFY_DEFAULT_PART_SIZE = 3 * 1024 ** 3;
 export const UNIFY_DEFAULT_MEMORY = 256 * 1024 * 1024;
@@ -199,24 +200,6 @@ async function assemble(job: Job, sink: TensorSink, sources: Sources, memory: nu
   await sink.endTensor();
 }
 
-async function pool<T>(jobs: Array<() => Promise<T>>, n: number): Promise<T[]> {
-  const results: T[] = new Array<T>(jobs.length);
-  let next = 0;
-  let failed: unknown = null;
-  const worker = async (): Promise<void> => {
-    while (failed === null && next < jobs.length) {
-      const i = next++;
-      try {
-        results[i] = await (jobs[i] as () => Promise<T>)();
-      } catch (err) {
-        if (failed === null) failed = err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(n, jobs.length)) }, worker));
-  if (failed !== null) throw failed;
-  return results;
-}
 
 function positiveInt(v: number, what: string): number {
   if (!Number.isSafeInteger(v) || v < 1) throw new InputError(`${what} must be a positive integer, got ${v}`);
@@ -322,7 +305,7 @@ export async function unifySafetensors(opts: UnifyOptions): Promise<UnifyReport>
   const groups = jobs.length === 0 ? [] : planSafetensorsShards(sorted.map((n) => (byOut.get(n) as Job).out), partSize);
   const metadata: Record<string, string> = { format: 'ms' };
   const perProcess = Math.max(1, Math.floor(memory / processes));
-  const parts = await pool(
+  const parts = await runPool(
     groups.map((g, i) => async (): Promise<UnifyPart> => {
       const file = join(dstDir, `part${i}.safetensors`);
       const sink = await createSafetensorsSink(file, g, { metadata, sortKeys: true, crc: opts.crc === true });
