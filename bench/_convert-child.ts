@@ -11,4 +11,4 @@ const res = await convertWeights({
   ...(config !== undefined ? { options: { configPath: config } } : {}),
 });
 const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-process.stdout.write(`${JSON.stringify({ secs, bytes: res.bytesOut, files: res.files.length, maxRssKiB: process.resourceUsage().maxRSS })}\n`);
+process.stdout.write(`${JSON.stringify({ secs, bytes: res.bytesOut, files: res.files.length, maxRssKiB: process.resourceUsage().maxRSS, userSecs: process.resourceUsage().userCPUTime / 1e6, sysSecs: process.resourceUsage().systemCPUTime / 1e6 })}\n`);

@@ -67,31 +67,47 @@ async function timed(fn: () => Promise<void>): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e9;
 }
 
-async function child(args: string[]): Promise<{ secs: number; bytes: number; maxRssKiB: number }> {
+interface ChildFigures {
+  secs: number;
+  bytes: number;
+  maxRssKiB: number;
+  userSecs: number;
+  sysSecs: number;
+}
+
+async function child(args: string[]): Promise<ChildFigures> {
   const script = fileURLToPath(new URL('./_convert-child.ts', import.meta.url));
   const { stdout } = await exec(process.execPath, ['--import', 'tsx', script, ...args], { maxBuffer: 1 << 20 });
-  return JSON.parse(stdout.trim().split('\n').pop() as string) as { secs: number; bytes: number; maxRssKiB: number };
+  return JSON.parse(stdout.trim().split('\n').pop() as string) as ChildFigures;
+}
+
+/** Write the bench's llama-shaped HF checkpoint (config.json, 2 shards, index) into `hf`; returns its tensor bytes. */
+export async function makeHfCheckpoint(hf: string): Promise<{ total: number; tensors: number }> {
+  await mkdir(hf, { recursive: true });
+  await writeFile(join(hf, 'config.json'), JSON.stringify(CONFIG));
+  const all = tensors();
+  const half = Math.ceil(all.length / 2);
+  const block = randomFillSync(new Uint8Array(64 * MiB));
+  const weightMap: Record<string, string> = {};
+  let total = 0;
+  for (const [i, part] of [all.slice(0, half), all.slice(half)].entries()) {
+    const file = `model-0000${i + 1}-of-00002.safetensors`;
+    total += await writeShard(join(hf, file), part, block);
+    for (const [n] of part) weightMap[n] = file;
+  }
+  await writeFile(join(hf, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }));
+  return { total, tensors: all.length };
 }
 
 export async function run(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'msckpt-bench-convert-'));
   try {
     const hf = join(dir, 'hf');
-    await mkdir(hf);
-    await writeFile(join(hf, 'config.json'), JSON.stringify(CONFIG));
-    const all = tensors();
-    const half = Math.ceil(all.length / 2);
-    const block = randomFillSync(new Uint8Array(64 * MiB));
-    const weightMap: Record<string, string> = {};
-    let total = 0;
-    for (const [i, part] of [all.slice(0, half), all.slice(half)].entries()) {
-      const file = `model-0000${i + 1}-of-00002.safetensors`;
-      total += await writeShard(join(hf, file), part, block);
-      for (const [n] of part) weightMap[n] = file;
-    }
-    await writeFile(join(hf, 'model.safetensors.index.json'), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }));
+    const { total, tensors: count } = await makeHfCheckpoint(hf);
+    // Flush the generated shards now so that the `cp` baseline is not charged for writing them back.
+    await exec('sync', []);
     const gib = (total / 1024 ** 3).toFixed(2);
-    process.stdout.write(`llama-shaped HF checkpoint: ${all.length} tensors, ${gib} GiB bf16 in 2 shards\n`);
+    process.stdout.write(`llama-shaped HF checkpoint: ${count} tensors, ${gib} GiB bf16 in 2 shards\n`);
 
     const cpDir = join(dir, 'cp');
     await mkdir(cpDir);
@@ -101,6 +117,7 @@ export async function run(): Promise<void> {
     });
     await rm(cpDir, { recursive: true });
     const ckpt = join(dir, 'model.ckpt');
+    await exec('sync', []);
     const fwd = await child(['llama', hf, ckpt, 'forward']);
     const ckptSize = (await stat(ckpt)).size;
     const cpCk = await timed(async () => {
@@ -111,13 +128,14 @@ export async function run(): Promise<void> {
     await rm(hf, { recursive: true });
     const back = join(dir, 'back');
     await writeFile(join(dir, 'config.json'), JSON.stringify(CONFIG));
+    await exec('sync', []);
     const rev = await child(['llama', ckpt, back, 'reversed', join(dir, 'config.json')]);
     const rate = (bytes: number, s: number): string => `${(bytes / MiB / s).toFixed(0)} MiB/s`;
     process.stdout.write(
       `cp HF shards          ${cpHf.toFixed(2)} s  ${rate(total, cpHf)}\n` +
-        `HF -> .ckpt           ${fwd.secs.toFixed(2)} s  ${rate(fwd.bytes, fwd.secs)}  ratio to cp ${(cpHf / fwd.secs).toFixed(2)}  peak RSS ${(fwd.maxRssKiB / 1024).toFixed(0)} MiB\n` +
+        `HF -> .ckpt           ${fwd.secs.toFixed(2)} s  ${rate(fwd.bytes, fwd.secs)}  ratio to cp ${(cpHf / fwd.secs).toFixed(2)}  peak RSS ${(fwd.maxRssKiB / 1024).toFixed(0)} MiB  cpu ${fwd.userSecs.toFixed(2)} user ${fwd.sysSecs.toFixed(2)} sys\n` +
         `cp .ckpt              ${cpCk.toFixed(2)} s  ${rate(ckptSize, cpCk)}\n` +
-        `.ckpt -> HF shards    ${rev.secs.toFixed(2)} s  ${rate(rev.bytes, rev.secs)}  ratio to cp ${(cpCk / rev.secs).toFixed(2)}  peak RSS ${(rev.maxRssKiB / 1024).toFixed(0)} MiB\n` +
+        `.ckpt -> HF shards    ${rev.secs.toFixed(2)} s  ${rate(rev.bytes, rev.secs)}  ratio to cp ${(cpCk / rev.secs).toFixed(2)}  peak RSS ${(rev.maxRssKiB / 1024).toFixed(0)} MiB  cpu ${rev.userSecs.toFixed(2)} user ${rev.sysSecs.toFixed(2)} sys\n` +
         `goal: peak RSS < 600 MiB (${Math.max(fwd.maxRssKiB, rev.maxRssKiB) / 1024 < 600 ? 'met' : 'NOT met'}); throughput >= 0.8 of cp\n`,
     );
   } finally {

@@ -23,6 +23,8 @@ import type {
 /** Default `--max-shard-size`: 5 GB, as HF's `save_pretrained` (decimal units). */
 export const DEFAULT_MAX_SHARD_SIZE = 5_000_000_000;
 const STAGING_BYTES = 32 * 1024 * 1024;
+/** Staging buffers in flight: one being filled while the other is written. */
+const STAGING_BUFFERS = 2;
 const WINDOW_BYTES = 8 * 1024 * 1024;
 const MAX_CONFIG_BYTES = 16 * 1024 * 1024;
 
@@ -254,59 +256,97 @@ export interface ConvertWriter {
   abort(): Promise<void>;
 }
 
-/** Stream planned tensors from `source` into `writer`, one at a time. Returns bytes written. */
+export interface ExecutePlanOptions {
+  /** Bytes per staging buffer (a multiple of 8; default and maximum 32 MiB); smaller only to exercise the pipeline. */
+  readonly stagingBytes?: number;
+}
+
+/**
+ * Stream planned tensors from `source` into `writer`, one at a time. Returns bytes written.
+ *
+ * Reads and writes overlap: pieces are gathered into one of STAGING_BUFFERS staging buffers while
+ * the writer works on the previous ones. Writer calls stay strictly in order (one queue); a buffer
+ * is refilled only once the write that used it has finished. Memory: STAGING_BUFFERS x
+ * STAGING_BYTES plus one read window per input tensor of the current output tensor.
+ */
 export async function executePlan(
   source: TensorSource,
   plan: readonly ConvertPlannedTensor[],
   writer: ConvertWriter,
   onBytes: (n: number) => void = () => undefined,
+  opts: ExecutePlanOptions = {},
 ): Promise<number> {
-  const staging = new Uint8Array(STAGING_BYTES);
+  const size = opts.stagingBytes ?? STAGING_BYTES;
+  if (!Number.isSafeInteger(size) || size <= 0 || size % 8 !== 0 || size > STAGING_BYTES) throw new FailureError(`internal: staging size ${size}`);
+  const staging = Array.from({ length: STAGING_BUFFERS }, () => new Uint8Array(size));
+  const direct = Math.min(WINDOW_BYTES / 2, size / 2);
+  /** When each staging buffer is free again (its queued write has finished). */
+  const free: Array<Promise<void>> = staging.map(() => Promise.resolve());
+  let tail: Promise<void> = Promise.resolve();
+  const enqueue = (op: () => Promise<void>): Promise<void> => {
+    tail = tail.then(op);
+    tail.catch(() => undefined); // surfaced where awaited (buffer reuse or the end)
+    return tail;
+  };
+  let cur = 0;
   let written = 0;
-  for (const t of plan) {
-    await writer.begin({ name: t.name, dtype: t.dtype, shape: t.shape, byteLength: t.byteLength });
-    const windows = new Map<string, { start: number; end: number; buf: Uint8Array }>();
-    let fill = 0;
-    let tensorBytes = 0;
-    const flush = async (): Promise<void> => {
-      if (fill === 0) return;
-      const raw = staging.subarray(0, fill);
-      const bytes = t.from === t.dtype ? raw : castBuffer(raw, t.from as FloatDType, t.dtype as FloatDType);
-      await writer.write(bytes);
-      tensorBytes += bytes.byteLength;
-      onBytes(bytes.byteLength);
-      fill = 0;
-    };
-    for (const p of t.parts) {
-      let off = p.offset;
-      let left = p.length;
-      const size = source.entry(p.input)?.byteLength ?? 0;
-      while (left > 0) {
-        if (fill === staging.byteLength) await flush();
-        const n = Math.min(left, staging.byteLength - fill);
-        if (n >= WINDOW_BYTES / 2) {
-          await source.readBytes(p.input, off, n, staging, fill);
-        } else {
-          let w = windows.get(p.input);
-          if (w === undefined || off < w.start || off + n > w.end) {
-            const len = Math.min(WINDOW_BYTES, size - off);
-            const buf = w !== undefined && w.buf.byteLength >= len ? w.buf : new Uint8Array(Math.max(len, n));
-            await source.readBytes(p.input, off, len, buf, 0);
-            w = { start: off, end: off + len, buf };
-            windows.set(p.input, w);
+  try {
+    for (const t of plan) {
+      enqueue(() => writer.begin({ name: t.name, dtype: t.dtype, shape: t.shape, byteLength: t.byteLength }));
+      const windows = new Map<string, { start: number; end: number; buf: Uint8Array }>();
+      let buf = staging[cur] as Uint8Array;
+      await free[cur];
+      let fill = 0;
+      let tensorBytes = 0;
+      const flush = async (): Promise<void> => {
+        if (fill === 0) return;
+        const raw = buf.subarray(0, fill);
+        const bytes = t.from === t.dtype ? raw : castBuffer(raw, t.from as FloatDType, t.dtype as FloatDType);
+        tensorBytes += bytes.byteLength;
+        free[cur] = enqueue(async () => {
+          await writer.write(bytes);
+          onBytes(bytes.byteLength);
+        });
+        fill = 0;
+        cur = (cur + 1) % staging.length;
+        buf = staging[cur] as Uint8Array;
+        await free[cur];
+      };
+      for (const p of t.parts) {
+        let off = p.offset;
+        let left = p.length;
+        const inSize = source.entry(p.input)?.byteLength ?? 0;
+        while (left > 0) {
+          if (fill === buf.byteLength) await flush();
+          const n = Math.min(left, buf.byteLength - fill);
+          if (n >= direct) {
+            await source.readBytes(p.input, off, n, buf, fill);
+          } else {
+            let w = windows.get(p.input);
+            if (w === undefined || off < w.start || off + n > w.end) {
+              const len = Math.min(WINDOW_BYTES, inSize - off);
+              const wbuf = w !== undefined && w.buf.byteLength >= len ? w.buf : new Uint8Array(Math.max(len, n));
+              await source.readBytes(p.input, off, len, wbuf, 0);
+              w = { start: off, end: off + len, buf: wbuf };
+              windows.set(p.input, w);
+            }
+            buf.set(w.buf.subarray(off - w.start, off - w.start + n), fill);
           }
-          staging.set(w.buf.subarray(off - w.start, off - w.start + n), fill);
+          fill += n;
+          off += n;
+          left -= n;
         }
-        fill += n;
-        off += n;
-        left -= n;
       }
+      await flush();
+      if (tensorBytes !== t.byteLength) throw new FailureError(`internal: wrote ${tensorBytes} of ${t.byteLength} bytes`, { tensor: t.name });
+      enqueue(() => writer.end());
+      written += tensorBytes;
     }
-    await flush();
-    if (tensorBytes !== t.byteLength) throw new FailureError(`internal: wrote ${tensorBytes} of ${t.byteLength} bytes`, { tensor: t.name });
-    await writer.end();
-    written += tensorBytes;
+  } finally {
+    // never leave writes running behind the caller's back (abort/commit follow)
+    await tail.catch(() => undefined);
   }
+  await tail;
   return written;
 }
 

@@ -16,7 +16,7 @@ export { convertWeights, type ConvertWeightsRequest } from './convert.js';
 export {
   CONVERT_DTYPES, DEFAULT_MAX_SHARD_SIZE as CONVERT_DEFAULT_MAX_SHARD_SIZE, checkLink as checkConvertLink,
   executePlan as executeConvertPlan, openHfInput, openMsInput, parseConvertDType, planConversion, readHfConfig, runConversion,
-  type ConvertWriter, type ConvertPlannedPart, type ConvertPlannedTensor,
+  type ConvertWriter, type ExecutePlanOptions as ConvertExecuteOptions, type ConvertPlannedPart, type ConvertPlannedTensor,
 } from './engine.js';
 export {
   ConfigReader as HfConfigReader, concatRows as linkConcatRows, deinterleavedRows as linkDeinterleavedRows,
