@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShardedWriter, type ConvertPlannedTensor } from '../../plugin/convert/engine.js';
 import { runCli } from '../helpers/cli.js';
-import { LLAMA_CONFIG, llamaHf, makeTensors, writeHfFolder, writeSafetensors } from './hf.js';
+import { LLAMA_CONFIG, llamaHf, makeTensors, writeHfFolder } from './hf.js';
 
 let dir: string;
 let good: string;

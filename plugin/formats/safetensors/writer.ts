@@ -64,7 +64,6 @@ class SafetensorsSink implements TensorSink {
     readonly path: string,
     private readonly file: AtomicFile,
     private readonly slots: Map<string, Slot>,
-    private readonly dataOrder: readonly Slot[],
     private readonly crcOrder: readonly Slot[],
     private readonly dataStart: number,
     private readonly headerRoom: number,
@@ -263,5 +262,5 @@ export async function createSafetensorsSink(
     room = exact + ((8 - ((8 + exact) % 8)) % 8);
   }
   const file = await AtomicFile.create(path);
-  return new SafetensorsSink(path, file, slots, slotList, crcOrder, 8 + room, room, buildHeader, opts.crc === true);
+  return new SafetensorsSink(path, file, slots, crcOrder, 8 + room, room, buildHeader, opts.crc === true);
 }
