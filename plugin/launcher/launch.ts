@@ -10,8 +10,9 @@
  *    pipeline stages one rank merges them.
  * 4. Check: one rank plans the conversion; a missing parameter or a shape mismatch stops every
  *    rank with that report; weights that already match the layout are used as they are.
- * 5. Convert: ranks 0, W/K, 2W/K, ... write destination slices [r, r + W/K) with a heartbeat;
- *    the others wait (and fail promptly when a converter fails or dies).
+ * 5. Convert: ranks 0, W/K, 2W/K, ... write destination slices [r, r + W/K) with a heartbeat
+ *    (consecutive slices listing the same tensors together, each source span read once per
+ *    group, as `msckpt transform` does); the others wait (and fail promptly when a converter fails or dies).
  * 6. Train: the command with a derived YAML (load_checkpoint -> converted weights,
  *    auto_trans_ckpt: False), stdio inherited, SIGINT/SIGTERM forwarded; its exit code returned.
  * With only_save_strategy: True the launch is a dry run: strategies, then the plan, exit 0.
@@ -33,10 +34,14 @@ import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { describeError, FailureError, InputError } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic.js';
 import { mergeStrategies } from '../formats/strategy/merge.js';
-import { bufferSizes, DEFAULT_MEMORY, planRank, type Plan } from '../plan/build.js';
+import { DEFAULT_MEMORY, planRank, type Plan, type RankPlan } from '../plan/build.js';
 import { createOutputSink, openWeightsFile } from '../plan/io.js';
 import { loadPlan } from '../plan/load.js';
-import { createTransformSourcePool, executeRankPlan, sinkTensorOf, TransformBuffers } from '../transform/execute.js';
+import {
+  createTransformSourcePool, executeRankPlan, executeRankPlanGroup, rankPlanInWriteOrder, rankPlansShareTensors, sinkTensorOf,
+  TransformBuffers, transformGroupBufferSizes, transformGroupSize,
+} from '../transform/execute.js';
+import type { TensorSink } from '../formats/types.js';
 import { loadRunConfig, deriveRunConfig, transformedNames, type RunConfig } from './config.js';
 import { rankIdentity, type RankIdentity } from './identity.js';
 
@@ -475,30 +480,61 @@ async function convertSlices(
   const plan = loaded.plan;
   const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
   const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
-  const buffers = new TransformBuffers(bufferSizes(memory));
+  // consecutive destination ranks of the same stage listing the same tensors are converted
+  // together (each source span read once per group, as `msckpt transform` does); the band
+  // budget is split across the group
+  const groupSize = transformGroupSize(memory);
+  const buffers = new TransformBuffers(transformGroupBufferSizes(memory, groupSize));
+  const format = cfg.loadCkptFormat;
   const total = plan.ranks.reduce((s, r) => s + r.bytesWritten, 0);
   let done = 0;
   try {
-    for (const s of plan.ranks) {
-      const rp = planRank(plan, s.rank);
-      const out = transformedFile(cfg, name.name, s.rank);
-      hb.update({ done, total, label: `${name.name}/rank_${s.rank}` });
-      // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
-      const sink = await createOutputSink(out, cfg.loadCkptFormat, rp.tensors.map(sinkTensorOf));
-      try {
-        await executeRankPlan(rp, pool, sink, buffers, (n) => {
-          done += n;
-          hb.update({ done, total, label: `${name.name}/rank_${s.rank}` });
-        });
-        await sink.close();
-      } catch (err) {
-        await sink.abort().catch(() => undefined);
-        throw err;
+    let next: RankPlan | null = null;
+    let i = 0;
+    while (i < plan.ranks.length) {
+      const first: RankPlan = next ?? rankPlanInWriteOrder(planRank(plan, (plan.ranks[i] as { rank: number }).rank), format);
+      next = null;
+      const group: RankPlan[] = [first];
+      i++;
+      while (i < plan.ranks.length && group.length < groupSize) {
+        const rp = rankPlanInWriteOrder(planRank(plan, (plan.ranks[i] as { rank: number }).rank), format);
+        if (!rankPlansShareTensors(first, rp)) {
+          next = rp;
+          break;
+        }
+        group.push(rp);
+        i++;
       }
-      counter.files++;
-      if (counter.dieAfter !== undefined && counter.files >= counter.dieAfter) process.kill(process.pid, 'SIGKILL');
-      if (counter.throwAfter !== undefined && counter.files >= counter.throwAfter) {
-        throw new FailureError(`injected failure after ${counter.files} file(s) (MSCKPT_TEST_THROW_AFTER_FILES)`);
+      const last = group[group.length - 1] as RankPlan;
+      const label = group.length === 1 ? `${name.name}/rank_${first.rank}` : `${name.name}/rank_${first.rank}..${last.rank}`;
+      hb.update({ done, total, label });
+      const sinks: TensorSink[] = [];
+      let closed = 0;
+      try {
+        for (const rp of group) {
+          // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
+          sinks.push(await createOutputSink(transformedFile(cfg, name.name, rp.rank), format, rp.tensors.map(sinkTensorOf)));
+        }
+        const onBytes = (n: number): void => {
+          done += n;
+          hb.update({ done, total, label });
+        };
+        if (group.length === 1) await executeRankPlan(first, pool, sinks[0] as TensorSink, buffers, onBytes);
+        else await executeRankPlanGroup(group, pool, sinks, buffers, onBytes);
+        // the test hooks count finished files: checked after each file of the group is closed
+        for (const sink of sinks) {
+          await sink.close();
+          closed++;
+          counter.files++;
+          if (counter.dieAfter !== undefined && counter.files >= counter.dieAfter) process.kill(process.pid, 'SIGKILL');
+          if (counter.throwAfter !== undefined && counter.files >= counter.throwAfter) {
+            throw new FailureError(`injected failure after ${counter.files} file(s) (MSCKPT_TEST_THROW_AFTER_FILES)`);
+          }
+        }
+      } catch (err) {
+        // files already closed are complete; the rest of the group is dropped (temp files removed)
+        for (const sink of sinks.slice(closed)) await sink.abort().catch(() => undefined);
+        throw err;
       }
     }
   } finally {
