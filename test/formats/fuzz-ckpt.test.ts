@@ -9,6 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../plugin/errors.js';
 import { createCheckpointSink, encodeCkptChunkHeader, openCheckpoint } from '../../plugin/formats/ckpt/index.js';
 import { describeFixtures, fixture } from '../helpers/fixtures.js';
+import { mulberry32 as rng } from '../helpers/prng.js';
 
 let dir: string;
 beforeAll(async () => {
@@ -18,16 +19,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function mutate(base: Buffer, r: () => number): Buffer {
   const int = (n: number): number => Math.floor(r() * n);

@@ -25,17 +25,7 @@ export interface T {
 }
 
 /** Deterministic pseudo-random generator (xorshift32). */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 0x100000000;
-  };
-}
+export { xorshift32 as rng } from '../helpers/prng.js';
 
 /** Random values of a floating dtype, roughly uniform in [-amp, amp]. */
 export function randomTensor(name: string, dtype: FloatDType, shape: number[], rand: () => number, amp = 1): T {

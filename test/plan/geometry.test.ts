@@ -6,14 +6,8 @@ import { expect, it } from 'vitest';
 import type { ParamLayout, TensorMapEntry } from '../../plugin/formats/strategy/model.js';
 import { sliceBox } from '../../plugin/layout/index.js';
 import { boundsOf, geomOfLayout, partCount, partsOf } from '../../plugin/plan/geometry.js';
+import { xorshift32 as rng } from '../helpers/prng.js';
 
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
-    return x / 4294967296;
-  };
-}
 
 it('partsOf + boundsOf == sliceBox over 300 random layouts (nested maps, optimizer shards, uneven dim 0)', () => {
   const rand = rng(20261127);

@@ -10,6 +10,7 @@ import { InputError } from '../../plugin/errors.js';
 import { createSafetensorsSink, openSafetensorsFile, parseSafetensorsHeader } from '../../plugin/formats/safetensors/index.js';
 import { entryOf, readAll, strTensor, tensor, writeAll } from './mem.js';
 import { readFile } from 'node:fs/promises';
+import { xorshift32 as rng } from '../helpers/prng.js';
 
 let dir: string;
 let good: Buffer;
@@ -25,15 +26,6 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function rng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13; x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5; x >>>= 0;
-    return x / 0x100000000;
-  };
-}
 
 function mutate(buf: Buffer, rand: () => number, headerEnd: number): Buffer {
   const out = Buffer.from(buf);

@@ -11,17 +11,8 @@ import type { DType } from '../../plugin/formats/dtype.js';
 import type { ParamLayout, TensorMapEntry } from '../../plugin/formats/strategy/model.js';
 import { transformCheckpoints } from '../../plugin/transform/index.js';
 import { layout, readCkpt, saveStrategy, withTempDir, writeCkpt, type GenTensor } from './helpers.js';
+import { mulberry32 as rng } from '../helpers/prng.js';
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Param { name: string; dtype: DType; full: number[]; stages: number[] }
 interface Layout { stageDev: number; stages: number; dev: number[]; layouts: ParamLayout[] }
