@@ -10,7 +10,9 @@
  * gen/<G>/admitted/rank_R.json the leader's answer to rank R's ticket (carries its nonce)
  * gen/<G>/m/<name>/rank_R.json marker `name` of rank R (published once: link, never overwritten)
  * gen/<G>/failed/rank_R.json   why rank R failed (its own report, or a peer's finding that it died)
- * gen/<G>/hb/rank_R.json       rank R's heartbeat: a sequence number and its progress
+ * gen/<G>/hb/rank_R.json       rank R's task heartbeat (converters): a sequence number and its progress
+ * gen/<G>/live/rank_R.json     rank R's presence beat: a sequence number and its stage, rewritten by a
+ *                              timer from joining until it leaves coordination (every rank)
  * ```
  * A generation id is time + pid + random. The leader removes everything an earlier run left
  * here, opens a new generation, and admits a rank only when it sees the ticket that rank wrote
@@ -18,11 +20,13 @@
  * So markers of an earlier run are never mistaken for this run's, with no clock comparisons.
  *
  * Every wait has a deadline, watches the failure folder, checks whether the processes it waits
- * for are still alive (same machine: /proc; elsewhere: heartbeats), and sleeps on file events and
- * a timer in between (no busy loop).
+ * for are still alive (same machine: /proc; any machine: their presence beats, or the task
+ * heartbeats of the ranks named in `heartbeats`), and sleeps on file events and a timer in between
+ * (no busy loop). Beats are judged by whether their sequence number changes within the timeout on
+ * the waiter's own clock, never by comparing clocks of different machines.
  */
 import { randomBytes } from 'node:crypto';
-import { link, mkdir, open, readdir, readFile, rm, unlink } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describeError, FailureError, InputError } from '../errors.js';
 import { tempNameFor, writeFileAtomic } from '../formats/atomic.js';
@@ -57,7 +61,10 @@ export interface CoordinatorOptions {
   readonly barrierTimeoutMs?: number;
   /** A heartbeat older than this (ms) means the rank is dead (default 60 s). */
   readonly heartbeatTimeoutMs?: number;
-  /** How often a running task writes its heartbeat, ms (default min(5 s, timeout / 4)). */
+  /**
+   * How often a running task writes its heartbeat, and every rank its presence beat, ms
+   * (default min(5 s, timeout / 4)).
+   */
   readonly heartbeatIntervalMs?: number;
 }
 
@@ -75,6 +82,18 @@ export interface HeartbeatRecord extends TaskProgress {
   readonly time: number;
 }
 
+/** The presence beat every rank writes while it takes part in coordination. */
+export interface PresenceRecord {
+  readonly rank: number;
+  readonly seq: number;
+  /** What the rank says it is doing (see Coordinator.setStage). */
+  readonly stage: string;
+  readonly time: number;
+}
+
+/** Start of the message of a rank found dead by its missing presence beats. */
+export const PRESENCE_STALE_TEXT = 'stopped sending heartbeats';
+
 export interface FailureRecord {
   readonly rank: number;
   readonly stage: string;
@@ -91,7 +110,10 @@ export interface WaitOptions {
   readonly ranks?: readonly number[];
   /** Deadline in ms (default: the barrier timeout). */
   readonly timeoutMs?: number;
-  /** Ranks whose heartbeat must stay fresh while they are awaited (converters). */
+  /**
+   * Ranks whose task heartbeat must stay fresh while they are awaited (converters). Every other
+   * awaited rank is judged by its presence beat (same timeout).
+   */
   readonly heartbeats?: readonly number[];
   /** Called when a watched rank's heartbeat brings new progress. */
   readonly onProgress?: (beats: ReadonlyMap<number, HeartbeatRecord>) => void;
@@ -226,6 +248,11 @@ export class Coordinator {
   private readonly beats = new Set<HeartbeatHandle>();
   private readonly markerCache = new Map<string, Map<number, unknown>>();
   private closed = false;
+  private presenceSeq = 0;
+  private presenceStage = 'join';
+  private presenceTimer: NodeJS.Timeout | undefined;
+  private presenceWriting: Promise<void> = Promise.resolve();
+  private presenceBusy = 0;
 
   private constructor(init: {
     opts: CoordinatorOptions;
@@ -247,6 +274,61 @@ export class Coordinator {
     this.heartbeatIntervalMs = o.heartbeatIntervalMs ?? Math.max(50, Math.min(5000, Math.floor(this.heartbeatTimeoutMs / 4)));
     this.tickMs = init.polling ? (o.pollInterval ?? DEFAULT_POLL_INTERVAL_MS) : (o.pollInterval ?? LOCAL_SAFETY_POLL_MS);
     this.waker = init.waker;
+    this.startPresence();
+  }
+
+  private presencePath(rank: number): string {
+    return join(this.dir, 'live', `rank_${rank}.json`);
+  }
+
+  /**
+   * The light presence beat: a timer rewrites a small file (temporary name + rename, no fsync:
+   * only its changing is looked at). Runs from joining the generation until close().
+   */
+  private startPresence(): void {
+    this.presenceTimer = setInterval(() => {
+      // a beat still being written (slow disk): skip this one rather than queue without bound
+      if (this.presenceBusy === 0) void this.presenceBeat();
+    }, this.heartbeatIntervalMs);
+    this.presenceTimer.unref();
+    void this.presenceBeat();
+  }
+
+  /** Write one presence beat (after the ones under way); never rejects. */
+  private presenceBeat(): Promise<void> {
+    if (this.closed) return this.presenceWriting;
+    const path = this.presencePath(this.rank);
+    this.presenceSeq += 1;
+    const rec: PresenceRecord = { rank: this.rank, seq: this.presenceSeq, stage: this.presenceStage, time: Date.now() };
+    this.presenceBusy += 1;
+    this.presenceWriting = this.presenceWriting.then(async () => {
+      const tmp = tempNameFor(path);
+      try {
+        const h = await open(tmp, 'w');
+        try {
+          await h.writeFile(JSON.stringify(rec), 'utf8');
+        } finally {
+          await h.close();
+        }
+        await rename(tmp, path);
+      } catch {
+        // the folder is gone (a new run cleaned it) or the disk hiccuped: the next beat retries
+        await unlink(tmp).catch(() => undefined);
+      } finally {
+        this.presenceBusy -= 1;
+      }
+    });
+    return this.presenceWriting;
+  }
+
+  /**
+   * What this rank is doing, carried by its presence beats (named if it is found dead). Writes a
+   * beat at once; resolves when it is written (never rejects).
+   */
+  setStage(stage: string): Promise<void> {
+    if (stage === this.presenceStage) return this.presenceWriting;
+    this.presenceStage = stage;
+    return this.presenceBeat();
   }
 
   /**
@@ -286,7 +368,7 @@ export class Coordinator {
         for (const g of await listDir(join(root, 'gen'))) await rm(join(root, 'gen', g), { recursive: true, force: true });
         const generation = newGenerationId();
         const dir = join(root, 'gen', generation);
-        for (const sub of ['admitted', 'failed', 'hb', 'm']) await mkdir(join(dir, sub), { recursive: true });
+        for (const sub of ['admitted', 'failed', 'hb', 'live', 'm']) await mkdir(join(dir, sub), { recursive: true });
         await writeFileAtomic(join(dir, 'open.json'), JSON.stringify({ generation, leader, ranks: opts.ranks, opened: Date.now(), by: me }));
         await writeFileAtomic(join(dir, 'admitted', `rank_${leader}.json`), JSON.stringify(ticket));
         await writeFileAtomic(join(root, 'current.json'), JSON.stringify({ generation }));
@@ -401,11 +483,11 @@ export class Coordinator {
     await publishOnce(join(this.dir, 'failed', `rank_${this.rank}.json`), JSON.stringify(rec)).catch(() => undefined);
   }
 
-  private async reportFor(rank: number, awaited: string, message: string): Promise<void> {
+  private async reportFor(rank: number, awaited: string, message: string, presence?: PresenceRecord): Promise<void> {
     const who = await this.member(rank);
     // name what the rank was doing when it has said so in a heartbeat, else what we awaited
-    const hb = await readJson<HeartbeatRecord>(join(this.dir, 'hb', `rank_${rank}.json`));
-    const stage = hb?.stage ?? awaited;
+    const hb = presence === undefined ? await readJson<HeartbeatRecord>(join(this.dir, 'hb', `rank_${rank}.json`)) : undefined;
+    const stage = presence?.stage ?? hb?.stage ?? awaited;
     const rec: FailureRecord = {
       rank, stage, message, host: who?.host ?? '?', pid: who?.pid ?? -1, time: Date.now(), reportedBy: this.rank,
     };
@@ -427,6 +509,11 @@ export class Coordinator {
     const where = first.host !== '?' ? ` (host ${first.host}, pid ${first.pid})` : '';
     const others = f.length > 1 ? `; ${f.length - 1} more rank(s) failed: ${f.slice(1).map((x) => x.rank).join(', ')}` : '';
     const kind: CoordinationFailureKind = first.reportedBy === undefined ? 'failed' : /heartbeat/.test(first.message) ? 'stale' : 'died';
+    if (first.reportedBy !== undefined && first.message.startsWith(PRESENCE_STALE_TEXT)) {
+      // "rank R (host h, pid p) stopped sending heartbeats during 'stage' (...)"
+      const rest = first.message.slice(PRESENCE_STALE_TEXT.length);
+      throw new CoordinationError(kind, `rank ${first.rank}${where} ${PRESENCE_STALE_TEXT} during '${first.stage}'${rest}${others}`, first.rank, first.message);
+    }
     throw new CoordinationError(kind, `rank ${first.rank}${where} failed during '${first.stage}': ${first.message}${others}`, first.rank, first.message);
   }
 
@@ -443,7 +530,11 @@ export class Coordinator {
     const started = Date.now();
     const lastBeat = new Map<number, { seq: number; at: number; rec?: HeartbeatRecord }>();
     for (const r of watched) lastBeat.set(r, { seq: -1, at: started });
-    const hbCheck = watched.size > 0 ? Math.max(20, Math.floor(this.heartbeatTimeoutMs / 4)) : Infinity;
+    const hbCheck = Math.max(20, Math.floor(this.heartbeatTimeoutMs / 4));
+    // presence beats of the other awaited ranks (the watched ones are judged by their task beat)
+    const lastPresence = new Map<number, { seq: number; at: number; rec?: PresenceRecord }>();
+    for (const r of ranks) if (r !== this.rank && !watched.has(r)) lastPresence.set(r, { seq: -1, at: started });
+    let presenceCheckedAt = -Infinity;
     for (;;) {
       if (this.closed) throw new FailureError('coordinator closed while waiting');
       this.waker.arm();
@@ -478,6 +569,27 @@ export class Coordinator {
           const lastText = last.rec !== undefined ? describeProgress(last.rec) : 'no heartbeat at all';
           await this.reportFor(r, name, `no heartbeat for ${secs(now - last.at)} (limit ${secs(this.heartbeatTimeoutMs)}; last: ${lastText}): killed (SIGKILL, out of memory), hung, or its node is down`);
           await this.throwIfFailed();
+        }
+      }
+      // presence beats: read at most every quarter timeout (one small file per missing rank)
+      if (lastPresence.size > 0 && now - presenceCheckedAt >= hbCheck) {
+        presenceCheckedAt = now;
+        for (const r of missing) {
+          const last = lastPresence.get(r);
+          if (last === undefined) continue;
+          const rec = await readJson<PresenceRecord>(this.presencePath(r));
+          if (rec !== undefined && typeof rec.seq === 'number' && rec.seq !== last.seq) {
+            lastPresence.set(r, { seq: rec.seq, at: now, rec });
+          } else if (now - last.at > this.heartbeatTimeoutMs) {
+            const seen = last.rec !== undefined ? `no new beat for ${secs(now - last.at)}` : `none at all for ${secs(now - last.at)}`;
+            await this.reportFor(
+              r,
+              name,
+              `${PRESENCE_STALE_TEXT} (${seen}, limit ${secs(this.heartbeatTimeoutMs)}; awaited: ${what}): killed (SIGKILL, out of memory), hung, or its node is down`,
+              last.rec ?? { rank: r, seq: -1, stage: name, time: now },
+            );
+            await this.throwIfFailed();
+          }
         }
       }
       if (progressed && opts.onProgress !== undefined) {
@@ -534,6 +646,8 @@ export class Coordinator {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.presenceTimer !== undefined) clearInterval(this.presenceTimer);
+    await this.presenceWriting;
     for (const b of [...this.beats]) await b.stop();
     await this.waker.close();
   }

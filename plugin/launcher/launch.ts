@@ -16,6 +16,9 @@
  * 6. Train: the command with a derived YAML (load_checkpoint -> converted weights,
  *    auto_trans_ckpt: False), stdio inherited, SIGINT/SIGTERM forwarded; its exit code returned.
  * With only_save_strategy: True the launch is a dry run: strategies, then the plan, exit 0.
+ * From joining the group until it leaves coordination every rank writes a light presence beat
+ * (its stage); every wait for other ranks fails when an awaited rank's beat stops changing for the
+ * heartbeat timeout, so a rank dying on another node (strategy pass, waiting) is found promptly.
  *
  * load_ckpt_format: safetensors takes the same steps: a complete source (a single file, a unified
  * folder with param_name_map.json, an HF index) or rank_N/*.safetensors (per rank the file with
@@ -58,7 +61,7 @@ export interface LaunchOptions {
   readonly dstStrategy?: string;
   /** Seconds every barrier waits at most (default: the YAML's msckpt.barrier_timeout, else 7200). */
   readonly barrierTimeout?: number;
-  /** Seconds without a converter's heartbeat before it counts as dead (default 60). */
+  /** Seconds without an awaited rank's heartbeat (converters: task beat; others: presence beat) before it counts as dead (default 60). */
   readonly heartbeatTimeout?: number;
   /** Poll interval in milliseconds (default: automatic). */
   readonly pollInterval?: number;
@@ -649,6 +652,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     heartbeatTimeoutMs: heartbeatS * 1000,
   });
   let stage = 'clean';
+  await coord.setStage(stage);
   let trainYaml: string;
   // stopped by a signal before training: tell the other ranks, then die of the same signal
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -674,10 +678,12 @@ export async function launch(opts: LaunchOptions): Promise<number> {
 
     // 3. strategy
     stage = 'strategy';
+    await coord.setStage(stage);
     const dst = await strategyStep(ctx, coord, dstOverride);
 
     // 4. check
     stage = 'check';
+    await coord.setStage(stage);
     const check = await checkStep(ctx, coord, dst, memory);
     const converters = assignConverters(cfg.useParallel ? id.worldSize : 1, cfg.transformProcessNum, cfg.useParallel ? group : [0]);
     if (cfg.onlySaveStrategy) {
@@ -692,6 +698,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
 
     // 5. convert
     stage = 'convert';
+    await coord.setStage(stage);
     const todo = check.names.filter((n) => !n.reuse);
     const convRanks = converters.map((c) => c.rank);
     if (todo.length > 0) {
@@ -742,6 +749,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       }
     }
     stage = 'start';
+    await coord.setStage(stage);
     trainYaml = await writeDerived(ctx, 'train', { load_checkpoint: loadPath, auto_trans_ckpt: false });
     await coord.close();
   } catch (err) {

@@ -132,6 +132,31 @@ describe('coordination: barriers and markers', () => {
     await c0.close();
   });
 
+  it('every waiting rank finds a non-converter rank killed on another machine by its presence beat', async () => {
+    const ranks = [0, 1, 2];
+    const opts = { root: dir, ranks, heartbeatTimeoutMs: 1000, heartbeatIntervalMs: 50 };
+    const lead = Coordinator.open({ ...opts, rank: 0 });
+    const other = Coordinator.open({ ...opts, rank: 2 });
+    // rank 1 runs on another "machine": its pid cannot be looked at from here
+    const proc = execa(process.execPath, ['--import', 'tsx', CHILD, dir, '1', ranks.join(','), 'vanish', '1000'], {
+      reject: false,
+      env: { MSCKPT_MACHINE_ID: 'hb-test-other-node' },
+    });
+    const [c0, c2] = await Promise.all([lead, other]);
+    expect(processState({ host: 'x', machine: 'forced:hb-test-other-node', pid: process.pid, startTime: -1 })).toBe('unknown');
+    await c0.waitAll('joined', { ranks: [1] });
+    // rank 1 is a plain rank (no task heartbeat watched): the barrier relies on presence beats
+    const errs = await Promise.all([caught(c0.barrier('b')), caught(c2.barrier('b'))]);
+    for (const err of errs) {
+      expect(err.kind).toBe('stale');
+      expect(err.failedRank).toBe(1);
+      expect(err.exitCode).toBe(1);
+      expect(err.message).toMatch(/^rank 1 \(host .*, pid \d+\) stopped sending heartbeats during 'waiting' \(no new beat for [\d.]+ s, limit 1\.0 s; awaited: 'b'\): killed \(SIGKILL/);
+    }
+    expect((await proc).signal).toBe('SIGKILL');
+    await Promise.all([c0.close(), c2.close()]);
+  });
+
   it("carries another process's own error text", async () => {
     const ranks = [0, 1];
     const lead = Coordinator.open({ root: dir, rank: 0, ranks });
