@@ -13,7 +13,7 @@ import { basename, extname, join, relative, resolve } from 'node:path';
 import { InputError } from '../errors.js';
 import { runPool } from './pool.js';
 import { createCheckpointSink, openCheckpoint } from '../formats/ckpt/index.js';
-import { COPY_PIECE } from '../formats/copy.js';
+import { COPY_PIECE, copyEntry } from '../formats/copy.js';
 import { createSafetensorsSink, openSafetensorsFile } from '../formats/safetensors/index.js';
 import type { SinkTensor, TensorEntry, TensorSink, TensorSource } from '../formats/types.js';
 
@@ -87,26 +87,28 @@ function renamed(e: TensorEntry, map: Readonly<Record<string, string>> | undefin
     : { name, dtype: e.dtype, shape: e.shape, byteLength: e.byteLength };
 }
 
-/** Copy every entry of `source` into `sink` in order (renamed), streaming in bounded pieces. */
+/**
+ * Copy every entry of `source` into `sink` in order (renamed), streaming in bounded pieces, then
+ * close the sink (or abort it on failure). Returns the tensor bytes copied.
+ */
 async function pump(source: TensorSource, sink: TensorSink, out: readonly SinkTensor[], onBytes?: (n: number) => void): Promise<number> {
-  const entries = source.entries();
-  let largest = 1;
-  for (const e of entries) largest = Math.max(largest, Math.min(e.byteLength, COPY_PIECE));
-  const buf = new Uint8Array(largest);
-  let bytes = 0;
-  for (let i = 0; i < entries.length; i++) {
-    const e = entries[i] as TensorEntry;
-    await sink.beginTensor(out[i] as SinkTensor);
-    for (let off = 0; off < e.byteLength; off += buf.byteLength) {
-      const n = Math.min(buf.byteLength, e.byteLength - off);
-      await source.readBytes(e.name, off, n, buf, 0);
-      await sink.write(buf.subarray(0, n));
-      onBytes?.(n);
+  try {
+    const entries = source.entries();
+    let largest = 1;
+    for (const e of entries) largest = Math.max(largest, Math.min(e.byteLength, COPY_PIECE));
+    const buf = new Uint8Array(largest);
+    let bytes = 0;
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i] as TensorEntry;
+      await copyEntry(source, sink, e, buf.byteLength, buf, { as: out[i] as SinkTensor, ...(onBytes !== undefined ? { onBytes } : {}) });
+      bytes += e.byteLength;
     }
-    await sink.endTensor();
-    bytes += e.byteLength;
+    await sink.close();
+    return bytes;
+  } catch (err) {
+    await sink.abort();
+    throw err;
   }
-  return bytes;
 }
 
 /** Convert one `.ckpt` file to one `.safetensors` file. */
@@ -118,14 +120,8 @@ export async function ckptFileToSafetensors(src: string, dst: string, opts: Weig
     const metadata: Record<string, string> = { format: 'ms' };
     if (source.crc !== null) metadata[MS_CKPT_CRC_KEY] = 'true';
     const sink = await createSafetensorsSink(dst, out, { metadata, crc: opts.crc === true, sortKeys: false, recordOrder: out.some((t) => t.dtype === 'str') });
-    try {
-      const bytes = await pump(source, sink, out, opts.onBytes);
-      await sink.close();
-      return { source: src, output: dst, tensors: out.length, bytes };
-    } catch (err) {
-      await sink.abort();
-      throw err;
-    }
+    const bytes = await pump(source, sink, out, opts.onBytes);
+    return { source: src, output: dst, tensors: out.length, bytes };
   } finally {
     await source.close();
   }
@@ -143,14 +139,8 @@ export async function safetensorsFileToCkpt(src: string, dst: string, opts: Weig
       seen.add(t.name);
     }
     const sink = await createCheckpointSink(dst, { crc: opts.crc ?? source.metadata[MS_CKPT_CRC_KEY] === 'true' });
-    try {
-      const bytes = await pump(source, sink, out, opts.onBytes);
-      await sink.close();
-      return { source: src, output: dst, tensors: out.length, bytes };
-    } catch (err) {
-      await sink.abort();
-      throw err;
-    }
+    const bytes = await pump(source, sink, out, opts.onBytes);
+    return { source: src, output: dst, tensors: out.length, bytes };
   } finally {
     await source.close();
   }
