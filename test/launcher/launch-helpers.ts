@@ -4,6 +4,7 @@
  */
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { afterEach } from 'vitest';
 import { join } from 'node:path';
 import { MSCKPT_BIN } from '../helpers/cli.js';
 import { repoRoot } from '../helpers/fixtures.js';
@@ -13,12 +14,20 @@ import { writeCompleteModel, writeSlicedModel, writeSlicedSafetensors, writeUnif
 export const TRAIN_SCRIPT = join(repoRoot, 'test', 'fixtures', 'train.ts');
 export const TSX_LOADER = import.meta.resolve('tsx');
 
-export async function makeJobDir(): Promise<string> {
-  return mkdtemp(join(tmpdir(), 'msckpt-launch-'));
-}
-
-export async function removeJobDir(dir: string): Promise<void> {
-  await rm(dir, { recursive: true, force: true });
+/**
+ * Call once at the top of a test file: returns a maker of fresh job folders, every one of which
+ * is removed after the test that made it.
+ */
+export function useJobDirs(): () => Promise<string> {
+  const dirs: string[] = [];
+  afterEach(async () => {
+    for (const d of dirs.splice(0)) await rm(d, { recursive: true, force: true });
+  });
+  return async () => {
+    const d = await mkdtemp(join(tmpdir(), 'msckpt-launch-'));
+    dirs.push(d);
+    return d;
+  };
 }
 
 export interface YamlOptions {

@@ -6,22 +6,14 @@
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { openSafetensors } from '../../plugin/formats/safetensors/index.js';
 import { loadRunConfig } from '../../plugin/launcher/config.js';
 import { launchSources, safetensorsSlicingOf } from '../../plugin/launcher/launch.js';
 import { writeCompleteSafetensors, writeStrategyForRank } from '../fixtures/model.js';
-import { makeJobDir, removeJobDir, runJob, runYaml, writeSlicedST, writeUnified, writeYaml } from './launch-helpers.js';
+import { useJobDirs, runJob, runYaml, writeSlicedST, writeUnified, writeYaml } from './launch-helpers.js';
 
-const dirs: string[] = [];
-afterEach(async () => {
-  for (const d of dirs.splice(0)) await removeJobDir(d);
-});
-async function jobDir(): Promise<string> {
-  const d = await makeJobDir();
-  dirs.push(d);
-  return d;
-}
+const jobDir = useJobDirs();
 
 interface TrainReport {
   file: string;

@@ -5,20 +5,12 @@
 import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { writeStrategyForRank } from '../fixtures/model.js';
 import { runCli } from '../helpers/cli.js';
-import { makeJobDir, removeJobDir, runJob, runYaml, writeComplete, writeSliced, writeYaml } from './launch-helpers.js';
+import { useJobDirs, runJob, runYaml, writeComplete, writeSliced, writeYaml } from './launch-helpers.js';
 
-const dirs: string[] = [];
-afterEach(async () => {
-  for (const d of dirs.splice(0)) await removeJobDir(d);
-});
-async function jobDir(): Promise<string> {
-  const d = await makeJobDir();
-  dirs.push(d);
-  return d;
-}
+const jobDir = useJobDirs();
 
 async function trainReports(logDir: string): Promise<Map<number, { file: string; problems: string[]; autoTrans: unknown }>> {
   const dir = join(logDir, 'reports');
