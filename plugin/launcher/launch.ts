@@ -41,7 +41,7 @@ import { DEFAULT_MEMORY, planRank, type Plan, type RankPlan } from '../plan/buil
 import { createOutputSink, openWeightsFile } from '../plan/io.js';
 import { loadPlan } from '../plan/load.js';
 import {
-  createTransformSourcePool, executeRankPlan, executeRankPlanGroup, rankPlanInWriteOrder, rankPlansShareTensors, sinkTensorOf,
+  createTransformSourcePool, executeRankPlanGroup, rankPlanGroups, sinkTensorOf,
   TransformBuffers, transformGroupBufferSizes, transformGroupSize,
 } from '../transform/execute.js';
 import type { TensorSink } from '../formats/types.js';
@@ -492,22 +492,8 @@ async function convertSlices(
   const total = plan.ranks.reduce((s, r) => s + r.bytesWritten, 0);
   let done = 0;
   try {
-    let next: RankPlan | null = null;
-    let i = 0;
-    while (i < plan.ranks.length) {
-      const first: RankPlan = next ?? rankPlanInWriteOrder(planRank(plan, (plan.ranks[i] as { rank: number }).rank), format);
-      next = null;
-      const group: RankPlan[] = [first];
-      i++;
-      while (i < plan.ranks.length && group.length < groupSize) {
-        const rp = rankPlanInWriteOrder(planRank(plan, (plan.ranks[i] as { rank: number }).rank), format);
-        if (!rankPlansShareTensors(first, rp)) {
-          next = rp;
-          break;
-        }
-        group.push(rp);
-        i++;
-      }
+    for (const group of rankPlanGroups(plan, plan.ranks.map((r) => r.rank), format, groupSize)) {
+      const first = group[0] as RankPlan;
       const last = group[group.length - 1] as RankPlan;
       const label = group.length === 1 ? `${name.name}/rank_${first.rank}` : `${name.name}/rank_${first.rank}..${last.rank}`;
       hb.update({ done, total, label });
@@ -522,8 +508,7 @@ async function convertSlices(
           done += n;
           hb.update({ done, total, label });
         };
-        if (group.length === 1) await executeRankPlan(first, pool, sinks[0] as TensorSink, buffers, onBytes);
-        else await executeRankPlanGroup(group, pool, sinks, buffers, onBytes);
+        await executeRankPlanGroup(group, pool, sinks, buffers, onBytes);
         // the test hooks count finished files: checked after each file of the group is closed
         for (const sink of sinks) {
           await sink.close();

@@ -9,7 +9,7 @@ import { forEachRun } from '../formats/box.js';
 import { elementSize } from '../formats/dtype.js';
 import type { Box, SinkTensor, TensorSink, TensorSource } from '../formats/types.js';
 import { FailureError } from '../errors.js';
-import { bufferSizes, type BufferSizes, type CopyOp, type PlannedTensor, type RankPlan } from '../plan/build.js';
+import { bufferSizes, planRank, type BufferSizes, type CopyOp, type Plan, type PlannedTensor, type RankPlan } from '../plan/build.js';
 
 /** Gives the open source of a global source rank. */
 export interface TransformSourcePool {
@@ -572,6 +572,30 @@ async function writeVerbatimGroup(ts: readonly PlannedTensor[], pool: TransformS
  * buffer is shared. Output bytes are identical to `executeRankPlan` of each rank. Returns bytes
  * delivered (as the sum of `executeRankPlan` of each rank would).
  */
+/**
+ * Destination ranks in groups that can be converted together: consecutive ranks (in `ranks`
+ * order) whose plans list the same tensors, at most `groupSize` each. Plans are computed lazily,
+ * in write order for `format`.
+ */
+export function* rankPlanGroups(
+  plan: Plan,
+  ranks: readonly number[],
+  format: 'ckpt' | 'safetensors',
+  groupSize: number,
+): Generator<RankPlan[]> {
+  let group: RankPlan[] = [];
+  for (const rank of ranks) {
+    const rp = rankPlanInWriteOrder(planRank(plan, rank), format);
+    const head = group[0];
+    if (head !== undefined && (group.length >= groupSize || !rankPlansShareTensors(head, rp))) {
+      yield group;
+      group = [];
+    }
+    group.push(rp);
+  }
+  if (group.length > 0) yield group;
+}
+
 export async function executeRankPlanGroup(
   rps: readonly RankPlan[],
   pool: TransformSourcePool,

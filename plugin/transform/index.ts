@@ -6,4 +6,4 @@ export {
 } from './transform.js';
 export { verifyTransform, type VerifyReport, type VerifyFileResult } from './verify.js';
 export { executeRankPlan, rankPlanInWriteOrder, createTransformSourcePool, transferBox, TransformBuffers, sinkTensorOf, type TransformSourcePool } from './execute.js';
-export { executeRankPlanGroup, rankPlansShareTensors, transformGroupSize, transformGroupBufferSizes, TRANSFORM_MAX_GROUP } from './execute.js';
+export { executeRankPlanGroup, rankPlanGroups, rankPlansShareTensors, transformGroupSize, transformGroupBufferSizes, TRANSFORM_MAX_GROUP } from './execute.js';

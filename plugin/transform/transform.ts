@@ -19,12 +19,12 @@ import { createProgress, type Progress } from '../cli/progress.js';
 import { packageFile } from '../package-files.js';
 import { FailureError, InputError } from '../errors.js';
 import { expectAtomicCrc32, takeAtomicCrc32, writeFileAtomic } from '../formats/atomic.js';
-import { DEFAULT_MEMORY, planRank, type RankPlan } from '../plan/build.js';
+import { DEFAULT_MEMORY, type RankPlan } from '../plan/build.js';
 import { createOutputSink, openWeightsFile, type OutputFormat } from '../plan/io.js';
 import { loadPlan, type LoadedPlan, type PickRule, type SourceFormat } from '../plan/load.js';
 import type { TensorSink } from '../formats/types.js';
 import {
-  createTransformSourcePool, executeRankPlan, executeRankPlanGroup, rankPlanInWriteOrder, rankPlansShareTensors, sinkTensorOf,
+  createTransformSourcePool, executeRankPlanGroup, rankPlanGroups, sinkTensorOf,
   TransformBuffers, transformGroupBufferSizes, transformGroupSize,
 } from './execute.js';
 
@@ -414,22 +414,8 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
     const groupSize = transformGroupSize(memory);
     const buffers = new TransformBuffers(transformGroupBufferSizes(memory, groupSize));
     try {
-      let next: RankPlan | null = null;
-      let i = 0;
-      while (i < todo.length) {
-        const first: RankPlan = next ?? rankPlanInWriteOrder(planRank(plan, todo[i] as number), format);
-        next = null;
-        const group: RankPlan[] = [first];
-        i++;
-        while (i < todo.length && group.length < groupSize) {
-          const rp = rankPlanInWriteOrder(planRank(plan, todo[i] as number), format);
-          if (!rankPlansShareTensors(first, rp)) {
-            next = rp;
-            break;
-          }
-          group.push(rp);
-          i++;
-        }
+      for (const group of rankPlanGroups(plan, todo, format, groupSize)) {
+        const first = group[0] as RankPlan;
         const outs = group.map((rp) => transformOutputPath(dstDir, rp.rank, prefix, format));
         progress.label(group.length === 1 ? `rank ${first.rank}` : `ranks ${formatRankRanges(group.map((rp) => rp.rank))}`);
         const sinks: TensorSink[] = [];
@@ -439,9 +425,7 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
             const rp = group[k] as RankPlan;
             sinks.push(await createOutputSink(outs[k] as string, format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true }));
           }
-          bytesRead += group.length === 1
-            ? await executeRankPlan(first, pool, sinks[0] as TensorSink, buffers, (n) => progress.advance(n))
-            : await executeRankPlanGroup(group, pool, sinks, buffers, (n) => progress.advance(n));
+          bytesRead += await executeRankPlanGroup(group, pool, sinks, buffers, (n) => progress.advance(n));
           for (const sink of sinks) await sink.close();
         } catch (err) {
           for (const out of outs) takeAtomicCrc32(out);
