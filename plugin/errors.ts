@@ -45,15 +45,63 @@ function formatMessage(message: string, ctx: ErrorContext): string {
 
 /** Exit code for any thrown value: 2 for InputError, 1 otherwise. */
 export function exitCodeOf(err: unknown): 1 | 2 {
-  return err instanceof MsckptError ? err.exitCode : 1;
+  if (err instanceof MsckptError) return err.exitCode;
+  const mapped = fromSystemError(err, undefined);
+  return mapped instanceof MsckptError ? mapped.exitCode : 1;
 }
 
-/** One line for a user: our errors' message, or a short form of a system error. */
+/** What each system error code means, in plain words, and what the user can do about it. */
+const SYSTEM_ERRORS: Readonly<Record<string, { text: string; hint: string; input: boolean }>> = {
+  ENOSPC: { text: 'no space left on the device', hint: 'free space or choose another output folder', input: false },
+  EDQUOT: { text: 'disk quota exceeded', hint: 'free space within your quota or choose another output folder', input: false },
+  EACCES: { text: 'permission denied', hint: 'check the permissions of the path and its parent folders', input: true },
+  EPERM: { text: 'operation not permitted', hint: 'check the permissions and ownership of the path', input: true },
+  EROFS: { text: 'the file system is read-only', hint: 'choose a writable location', input: true },
+  ENOENT: { text: 'no such file or directory', hint: 'check the path', input: true },
+  ENOTDIR: { text: 'a part of the path is not a directory', hint: 'check the path', input: true },
+  EISDIR: { text: 'is a directory, expected a file', hint: 'name a file', input: true },
+  EEXIST: { text: 'already exists', hint: 'remove it or choose another name', input: true },
+  ENOTEMPTY: { text: 'the directory is not empty', hint: 'empty it or choose another folder', input: true },
+  ENAMETOOLONG: { text: 'the path is too long', hint: 'use a shorter path', input: true },
+  ELOOP: { text: 'too many levels of symbolic links', hint: 'check the symbolic links on the path', input: true },
+  EMFILE: { text: 'too many open files', hint: 'raise the open-file limit (ulimit -n)', input: false },
+  ENFILE: { text: 'too many open files on the system', hint: 'retry when the system is less loaded', input: false },
+  EIO: { text: 'input/output error', hint: 'the disk or network file system failed; check it and retry', input: false },
+  EXDEV: { text: 'cannot move across file systems', hint: 'keep temporary and final files on one file system', input: false },
+  ENOMEM: { text: 'out of memory', hint: 'lower --memory or free memory', input: false },
+  ESTALE: { text: 'stale network file handle', hint: 'the network file system lost the file; retry', input: false },
+  ETIMEDOUT: { text: 'timed out', hint: 'the disk or network did not answer; retry', input: false },
+};
+
+/** The errno code of a Node system error, if it is one. */
+export function systemErrorCode(err: unknown): string | undefined {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) ? code : undefined;
+}
+
+/**
+ * A system error (ENOSPC, EACCES, ...) as one of ours: plain words, the path, what to do, and the
+ * exit code (2 when the user can fix the path or its permissions, 1 otherwise). `action` says what
+ * was being done (`writing`, `creating the folder`, ...). Other errors are returned unchanged.
+ */
+export function fromSystemError(err: unknown, path: string | undefined, action?: string): unknown {
+  if (err instanceof MsckptError) return err;
+  const code = systemErrorCode(err);
+  if (code === undefined) return err;
+  const known = SYSTEM_ERRORS[code];
+  const sysPath = (err as NodeJS.ErrnoException).path;
+  const file = path ?? sysPath;
+  const what = known !== undefined ? known.text : ((err as Error).message.replace(/^[A-Z0-9]+: /, '').split(',')[0] ?? code);
+  const message = `${action !== undefined ? `${action}: ` : ''}${what} (${code})${known !== undefined ? `; ${known.hint}` : ''}`;
+  const context: ErrorContext = file !== undefined ? { file } : {};
+  return known?.input === true ? new InputError(message, context) : new FailureError(message, context);
+}
+
+/** One line for a user: our errors' message, or a system error in plain words with its path. */
 export function describeError(err: unknown): string {
   if (err instanceof MsckptError) return err.message;
-  if (err instanceof Error) {
-    const code = (err as NodeJS.ErrnoException).code;
-    return code !== undefined ? `${code}: ${err.message}` : err.message;
-  }
+  const mapped = fromSystemError(err, undefined);
+  if (mapped instanceof MsckptError) return mapped.message;
+  if (err instanceof Error) return err.message;
   return String(err);
 }

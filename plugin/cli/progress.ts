@@ -1,6 +1,10 @@
 /**
  * Progress for long work: a single redrawn line on a TTY, nothing at all in logs or with --json.
  */
+import { formatBytes } from '../units.js';
+
+export { formatBytes };
+
 export interface Progress {
   /** Add done bytes (or units). */
   advance(amount: number): void;
@@ -10,21 +14,6 @@ export interface Progress {
 }
 
 const SILENT: Progress = { advance() {}, label() {}, done() {} };
-
-function human(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = bytes;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return `${v.toFixed(u === 0 ? 0 : 1)} ${units[u]}`;
-}
-
-export function formatBytes(bytes: number): string {
-  return human(bytes);
-}
 
 /**
  * A progress line on stderr when it is a TTY and `enabled`; a silent reporter otherwise.
@@ -44,7 +33,7 @@ export function createProgress(total: number, enabled = true, stream: NodeJS.Wri
     const rate = doneBytes / secs;
     const eta = rate > 0 && total > doneBytes ? Math.ceil((total - doneBytes) / rate) : 0;
     const pct = total > 0 ? ((100 * doneBytes) / total).toFixed(1) : '100.0';
-    stream.write(`\r\x1b[2K${pct}% ${human(doneBytes)}/${human(total)} ${human(rate)}/s ETA ${eta}s ${text}`.slice(0, (stream.columns ?? 120) + 8));
+    stream.write(`\r\x1b[2K${pct}% ${formatBytes(doneBytes)}/${formatBytes(total)} ${formatBytes(rate)}/s ETA ${eta}s ${text}`.slice(0, (stream.columns ?? 120) + 8));
   };
   return {
     advance(n) {
