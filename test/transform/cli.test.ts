@@ -136,7 +136,7 @@ describe('msckpt transform / plan / verify / rank-list (CLI)', () => {
     });
   });
 
-  it('issue 7 through the CLI: safetensors rank tree, --process-num 2 --crc, picked files announced, output safetensors by default', async () => {
+  it('safetensors through the CLI: safetensors rank tree, --process-num 2 --crc, picked files announced, output safetensors by default', async () => {
     await withTempDir(async (dir) => {
       const { complete, s4 } = await setup(dir);
       // slice to safetensors, then put a stale older file beside each slice

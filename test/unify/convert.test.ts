@@ -7,7 +7,7 @@ import { openSafetensorsFile } from '../../plugin/formats/safetensors/index.js';
 import { ckptToSafetensors, safetensorsToCkpt, loadNameMap } from '../../plugin/unify/index.js';
 import { describeFixtures, fixture } from '../helpers/fixtures.js';
 import { runCli } from '../helpers/cli.js';
-import { entryOf, readAll, strTensor, tensor, writeAll, type MemTensor } from './mem.js';
+import { entryOf, readAll, strTensor, tensor, writeAll, type MemTensor } from '../helpers/mem-tensors.js';
 
 let dir: string;
 beforeAll(async () => {

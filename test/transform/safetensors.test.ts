@@ -1,5 +1,5 @@
 /**
- * Issue 7: re-sharding with safetensors on either side (and mixtures) gives the same bytes for
+ * Re-sharding with safetensors on either side (and mixtures) gives the same bytes for
  * every tensor as with .ckpt.
  */
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
@@ -15,7 +15,7 @@ import type { ParamLayout, TensorMapEntry } from '../../plugin/formats/strategy/
 import { sliceBox } from '../../plugin/layout/index.js';
 import { transformCheckpoints } from '../../plugin/transform/index.js';
 import { safetensorsToCkpt, unifySafetensors } from '../../plugin/unify/index.js';
-import { entryOf, readAll, tensor, writeAll, type MemTensor } from './mem.js';
+import { entryOf, readAll, tensor, writeAll, type MemTensor } from '../helpers/mem-tensors.js';
 
 let dir: string;
 beforeAll(async () => {

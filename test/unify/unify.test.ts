@@ -10,7 +10,7 @@ import type { ParamLayout, TensorMapEntry } from '../../plugin/formats/strategy/
 import { sliceBox } from '../../plugin/layout/index.js';
 import { safetensorsToCkpt, unifySafetensors } from '../../plugin/unify/index.js';
 import { runCli } from '../helpers/cli.js';
-import { entryOf, readAll, tensor, writeAll, type MemTensor } from './mem.js';
+import { entryOf, readAll, tensor, writeAll, type MemTensor } from '../helpers/mem-tensors.js';
 
 let dir: string;
 beforeAll(async () => {

@@ -1,5 +1,5 @@
 /**
- * Issue 7 gaps of transform: the output format defaults to the source's, --crc for both formats,
+ * Transform across formats: the output format defaults to the source's, --crc for both formats,
  * MindSpore's per-rank file choice (safetensors: largest (epoch, step); .ckpt: last in name
  * order; newest by mtime), unified / HF-index folders as complete sources, and manifest CRCs
  * computed while writing that equal a read-back.
@@ -18,7 +18,7 @@ import { createSafetensorsSink, openSafetensorsFile } from '../../plugin/formats
 import { sliceBox } from '../../plugin/layout/index.js';
 import { findSourceFiles } from '../../plugin/plan/index.js';
 import { fileCrc32Of, readTransformManifest, transformCheckpoints } from '../../plugin/transform/index.js';
-import { entryOf, readAll, tensor, writeAll, type MemTensor } from '../safetensors/mem.js';
+import { entryOf, readAll, tensor, writeAll, type MemTensor } from '../helpers/mem-tensors.js';
 import { layout, saveStrategy, withTempDir, writeCkpt } from './helpers.js';
 
 const full: MemTensor[] = [
@@ -64,7 +64,7 @@ async function expectManifestCrcs(out: string): Promise<void> {
 let dir: string;
 let strat: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'msckpt-issue7-'));
+  dir = await mkdtemp(join(tmpdir(), 'msckpt-formats-'));
   strat = await saveStrategy(join(dir, 'mp2.ckpt'), dstLayouts());
 });
 afterAll(async () => {

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../plugin/errors.js';
 import { createSafetensorsSink, openSafetensorsFile, parseSafetensorsHeader } from '../../plugin/formats/safetensors/index.js';
-import { entryOf, readAll, strTensor, tensor, writeAll } from './mem.js';
+import { entryOf, readAll, strTensor, tensor, writeAll } from '../helpers/mem-tensors.js';
 import { readFile } from 'node:fs/promises';
 import { xorshift32 as rng } from '../helpers/prng.js';
 

@@ -11,7 +11,7 @@ import {
   openSafetensorsFile,
   writeShardedSafetensors,
 } from '../../plugin/formats/safetensors/index.js';
-import { MemSource, readAll, strTensor, tensor, writeAll, entryOf, type MemTensor } from './mem.js';
+import { MemSource, readAll, strTensor, tensor, writeAll, entryOf, type MemTensor } from '../helpers/mem-tensors.js';
 
 let dir: string;
 beforeAll(async () => {
