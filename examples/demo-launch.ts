@@ -10,8 +10,8 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { checkRankFile, standInParams, writeCompleteModel, type StandInParallel } from '../test/fixtures/model.js';
-import { msrun } from '../test/fixtures/msrun.js';
+import { checkRankFile, standInParams, writeCompleteModel, type StandInParallel } from './stand-ins/model.js';
+import { msrun } from './stand-ins/msrun.js';
 
 const repo = resolve(fileURLToPath(new URL('..', import.meta.url)));
 
@@ -40,7 +40,7 @@ export async function demoLaunch(): Promise<boolean> {
         '  micro_batch_num: 2',
         'msckpt:',
         '  shared_disk: True                     # both "nodes" share this folder',
-        '  poll_interval: 200',
+        '  poll_interval: 0.2                     # seconds',
         '',
       ].join('\n'),
     );
@@ -54,7 +54,7 @@ export async function demoLaunch(): Promise<boolean> {
       logDir: join(dir, 'logs'),
       command: [
         process.execPath, join(repo, 'bin', 'msckpt.js'), 'launch', '--config', 'run.yaml', '--',
-        process.execPath, '--import', import.meta.resolve('tsx'), join(repo, 'test', 'fixtures', 'train.ts'), '{config}',
+        process.execPath, '--import', import.meta.resolve('tsx'), join(repo, 'examples', 'stand-ins', 'train.ts'), '{config}',
       ],
     });
     process.stdout.write(`all ranks finished in ${((Date.now() - started) / 1000).toFixed(1)} s\n\n`);

@@ -29,6 +29,12 @@ export class InputError extends MsckptError {
   readonly exitCode = 2 as const;
 }
 
+/**
+ * A command line the CLI cannot take (unknown or conflicting flags, a flag's value out of range):
+ * exit code 2, printed as one line followed by a pointer to the command's help.
+ */
+export class UsageError extends InputError {}
+
 /** A failure while working: exit code 1. */
 export class FailureError extends MsckptError {
   readonly exitCode = 1 as const;
@@ -60,7 +66,7 @@ const SYSTEM_ERRORS: Readonly<Record<string, { text: string; hint: string; input
   ENOENT: { text: 'no such file or directory', hint: 'check the path', input: true },
   ENOTDIR: { text: 'a part of the path is not a directory', hint: 'check the path', input: true },
   EISDIR: { text: 'is a directory, expected a file', hint: 'name a file', input: true },
-  EEXIST: { text: 'already exists', hint: 'remove it or choose another name', input: true },
+  EEXIST: { text: 'already exists', hint: 'choose another name', input: true },
   ENOTEMPTY: { text: 'the directory is not empty', hint: 'empty it or choose another folder', input: true },
   ENAMETOOLONG: { text: 'the path is too long', hint: 'use a shorter path', input: true },
   ELOOP: { text: 'too many levels of symbolic links', hint: 'check the symbolic links on the path', input: true },

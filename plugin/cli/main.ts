@@ -1,39 +1,21 @@
 /**
  * The `msckpt` command line. Thin: each command lives in `commands/<name>.ts`, exports
- * `register(program)`, parses flags and calls the API. Errors become one line and an exit code:
- * 2 for bad input or usage, 1 for failures while working.
+ * `register(program)`, declares its flags and calls the API. Errors become one line and an exit
+ * code: 2 for bad input or usage (usage errors end with a pointer to the command's help), 1 for
+ * failures while working. A closed stdout (`msckpt plan --json | head`) ends the command quietly.
  */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { describeError, exitCodeOf } from '../errors.js';
+import { describeError, exitCodeOf, UsageError } from '../errors.js';
+import { packageFile } from '../package-files.js';
+import { closest } from '../suggest.js';
+import { helpHint, readCommandArgs } from './args.js';
 import { loadCommands } from './commands/index.js';
 
-/**
- * Accept the snake_case spellings users know from the Python tools (`--src_checkpoint`) as well
- * as kebab-case: flag names have `_` turned into `-`, up to a bare `--`.
- */
-export function normalizeArgv(argv: readonly string[]): string[] {
-  const out: string[] = [];
-  let passthrough = false;
-  for (const arg of argv) {
-    if (passthrough) {
-      out.push(arg);
-      continue;
-    }
-    if (arg === '--') {
-      passthrough = true;
-      out.push(arg);
-      continue;
-    }
-    if (arg.startsWith('--')) {
-      const eq = arg.indexOf('=');
-      const name = eq < 0 ? arg : arg.slice(0, eq);
-      const rest = eq < 0 ? '' : arg.slice(eq);
-      out.push(name.replace(/_/g, '-') + rest);
-      continue;
-    }
-    out.push(arg);
-  }
-  return out;
+/** The version in the package's package.json. */
+export function packageVersion(): string {
+  const pkg = JSON.parse(readFileSync(packageFile('package.json'), 'utf8')) as { version?: unknown };
+  return typeof pkg.version === 'string' ? pkg.version : '0.0.0';
 }
 
 export async function buildProgram(commandName?: string): Promise<Command> {
@@ -41,25 +23,78 @@ export async function buildProgram(commandName?: string): Promise<Command> {
   program
     .name('msckpt')
     .description('MindSpore checkpoint weights for mindformers jobs: inspect, re-shard, convert, merge LoRA, launch hook')
-    .version('0.1.0')
-    .showHelpAfterError()
+    .version(packageVersion(), '-V, --version')
+    .configureOutput({ outputError: () => {} })
     .exitOverride();
   for (const register of await loadCommands(commandName)) register(program);
   return program;
 }
 
-/** Run the CLI; returns the exit code (never calls process.exit itself). */
+let stdoutGuarded = false;
+
+/**
+ * A reader that goes away (`| head`) closes our stdout: stop quietly with exit 0 instead of an
+ * EPIPE stack trace. Output to stderr that cannot be written is dropped.
+ */
+function guardOutput(): void {
+  if (stdoutGuarded) return;
+  stdoutGuarded = true;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') process.exit(0);
+    throw err;
+  });
+  process.stderr.on('error', () => {});
+}
+
+function usageLine(message: string, command: string | undefined): string {
+  return `msckpt: ${message}; ${helpHint(command)}\n`;
+}
+
+/** Run the CLI; returns the exit code (never calls process.exit itself, except on a closed stdout). */
 export async function main(argv: readonly string[]): Promise<number> {
-  const args = normalizeArgv(argv);
-  const first = args.find((a) => !a.startsWith('-'));
-  const program = await buildProgram(first);
+  guardOutput();
+  const first = argv[0];
+  if (first === undefined) {
+    const program = await buildProgram();
+    process.stderr.write(program.helpInformation());
+    return 2;
+  }
+  let commandName: string | undefined;
   try {
-    await program.parseAsync(args, { from: 'user' });
+    if (first === '-V' || first === '--version') {
+      process.stdout.write(`${packageVersion()}\n`);
+      return 0;
+    }
+    if (first === '-h' || first === '--help' || first === 'help') {
+      const topic = first === 'help' ? argv[1] : undefined;
+      const program = await buildProgram(topic?.replace(/_/g, '-'));
+      const cmd = topic === undefined ? undefined : program.commands.find((c) => c.name() === topic.replace(/_/g, '-'));
+      if (topic !== undefined && cmd === undefined) throw new UsageError(`unknown command '${topic}'`);
+      process.stdout.write((cmd ?? program).helpInformation());
+      return 0;
+    }
+    if (first.startsWith('-')) throw new UsageError(`unknown option '${first}' (the command comes first: msckpt <command> [flags])`);
+    commandName = first.replace(/_/g, '-');
+    const program = await buildProgram(commandName);
+    const cmd = program.commands.find((c) => c.name() === commandName || c.aliases().includes(commandName as string));
+    if (cmd === undefined) {
+      const hint = closest(first, program.commands.map((c) => c.name()), 2);
+      const wanted = commandName;
+      commandName = undefined;
+      throw new UsageError(`unknown command '${wanted}'${hint.length > 0 ? ` (did you mean ${hint.map((h) => `'${h}'`).join(' or ')}?)` : ''}`);
+    }
+    const args = readCommandArgs(cmd, argv.slice(1));
+    await program.parseAsync([cmd.name(), ...args], { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
     if (err instanceof CommanderError) {
       // help and version exit 0; every other parse problem is a usage error
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
+      process.stderr.write(usageLine(err.message.replace(/^error: /, ''), commandName));
+      return 2;
+    }
+    if (err instanceof UsageError) {
+      process.stderr.write(usageLine(err.message, commandName));
       return 2;
     }
     process.stderr.write(`msckpt: ${describeError(err)}\n`);

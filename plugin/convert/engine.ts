@@ -576,14 +576,16 @@ export async function openHfInput(inputPath: string, configPath?: string): Promi
   return { source: await openSafetensorsChecked(inputPath), configPath: configPath ?? join(dirname(inputPath), 'config.json') };
 }
 
-/** A MindSpore input: a .ckpt, or MindSpore safetensors (file or index). */
+/**
+ * A MindSpore input: a .ckpt, or MindSpore safetensors (file or index). `configPath` is the
+ * config.json to use (given, or beside the input); a given one must exist, one beside the input
+ * may be absent (models whose tensors tell their config convert without it).
+ */
 export async function openMsInput(inputPath: string, configPath?: string): Promise<{ source: TensorSource; configPath: string }> {
   const st = await statOrNull(inputPath);
   if (st === null) throw new InputError('no such file', { file: inputPath });
   const cfg = configPath ?? join(st.isDirectory() ? inputPath : dirname(inputPath), 'config.json');
-  if (!existsSync(cfg)) {
-    throw new InputError('the reverse conversion needs the HuggingFace config.json of the model (pass --config PATH or put config.json beside the input)', { file: cfg });
-  }
+  if (configPath !== undefined && !existsSync(cfg)) throw new InputError('config.json not found', { file: cfg });
   if (st.isDirectory()) {
     const names = await readdir(inputPath);
     const ckpts = names.filter((n) => n.endsWith('.ckpt'));
@@ -595,6 +597,45 @@ export async function openMsInput(inputPath: string, configPath?: string): Promi
   if (PICKLE_EXT.includes(ext)) throw pickleError(inputPath);
   if (ext === '.safetensors' || ext === '.json') return { source: await openSafetensorsChecked(inputPath), configPath: cfg };
   return { source: await openCheckpoint(inputPath), configPath: cfg };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reverse conversions without config.json
+
+/**
+ * The config a reverse conversion uses when there is no config.json: what the model reads from
+ * the MindSpore tensors, plus numeric `--extra key=value` options for what they cannot tell.
+ * When values are still missing, an InputError names every one of them.
+ */
+export function configFromWeights(def: ModelDefinition, source: TensorSource, options: ConvertOptions, configPath: string): HfConfig {
+  let derived: { config: Record<string, unknown>; cannot: string[] };
+  if (def.configFromWeights !== undefined) {
+    const r = def.configFromWeights(source.entries().map((e) => ({ name: e.name, shape: e.shape })), options);
+    derived = { config: { ...r.config }, cannot: [...r.cannot] };
+  } else {
+    const wanted = new Set<string>();
+    try {
+      def.layout({}, options, { configPath, direction: 'ms-to-hf', discover: wanted });
+    } catch {
+      // a layout that cannot run on stand-ins: the keys found so far are named
+    }
+    derived = { config: {}, cannot: [...wanted] };
+  }
+  const missing: string[] = [];
+  for (const key of derived.cannot) {
+    const v = options.extra?.[key];
+    const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d+$/.test(v.trim()) ? Number(v) : undefined;
+    if (n !== undefined) derived.config[key] = n;
+    else missing.push(key);
+  }
+  if (missing.length > 0) {
+    throw new InputError(
+      `the reverse conversion of ${def.name} needs ${missing.join(', ')} from the model's HuggingFace config.json (the weights do not tell them); ` +
+        `pass --config PATH, put config.json beside the input, or give them as ${missing.map((k) => `--extra ${k}=N`).join(' ')}`,
+      { file: configPath },
+    );
+  }
+  return derived.config;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,7 +675,8 @@ export async function runConversion(
   let createdDir = false;
   let writer: ConvertWriter | null = null;
   try {
-    const config = await readHfConfig(opened.configPath);
+    const withoutConfig = !forward && !existsSync(opened.configPath);
+    const config = withoutConfig ? configFromWeights(def, source, options, opened.configPath) : await readHfConfig(opened.configPath);
     const layout = def.layout(config, options, { configPath: opened.configPath, direction });
     if (forward) source = dequantizingSource(source, target ?? 'BFloat16');
     const plan = planConversion(layout, source, direction, target, def.name);
@@ -646,8 +688,8 @@ export async function runConversion(
         await mkdir(outAbs, { recursive: true });
         createdDir = true;
       }
-      const configText = await readFile(opened.configPath);
-      writer = new ShardedWriter(outAbs, plan, maxShard, [{ name: 'config.json', data: configText }]);
+      const extras = withoutConfig ? [] : [{ name: 'config.json', data: await readFile(opened.configPath) }];
+      writer = new ShardedWriter(outAbs, plan, maxShard, extras);
     }
     const progress = options.progress?.(total);
     const bytes = await executePlan(source, plan, writer, (n) => progress?.advance(n));

@@ -5,7 +5,7 @@
 import './models/index.js';
 
 export type {
-  ConvertDTypeName, ConvertDirection, ConvertFunction, ConvertOptions, ConvertResult, DuplicateSpec, HfConfig, LayoutContext, Link,
+  ConfigFromWeights, ConvertDTypeName, ConvertDirection, ConvertFunction, ConvertOptions, ConvertResult, DuplicateSpec, HfConfig, LayoutContext, Link,
   ModelConverter, ModelDefinition, ModelLayout, RowSegment, TensorSpec,
 } from './types.js';
 export {

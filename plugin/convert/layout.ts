@@ -134,6 +134,10 @@ export class ConfigReader {
     const v = this.config[key];
     if (v === undefined || v === null) {
       if (fallback !== undefined) return fallback;
+      if (this.ctx.discover !== undefined) {
+        this.ctx.discover.add(key);
+        return 1;
+      }
       throw new InputError('missing integer (needed to know tensor shapes)', { file: this.ctx.configPath, key });
     }
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0 || v > 2 ** 40) {
@@ -171,6 +175,10 @@ export function expertCount(cfg: ConfigReader, key: string, options: ConvertOpti
     throw new InputError(`--num-experts ${fromOpt} disagrees with config.json (${fromCfg})`, { file: cfg.ctx.configPath, key });
   }
   const n = fromCfg ?? fromOpt;
+  if (n === undefined && cfg.ctx.discover !== undefined) {
+    cfg.ctx.discover.add(key);
+    return 1;
+  }
   if (n === undefined) {
     throw new InputError('number of experts unknown: give it in config.json or with --num-experts', { file: cfg.ctx.configPath, key });
   }

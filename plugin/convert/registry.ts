@@ -34,6 +34,7 @@ export function defineModel(def: ModelDefinition): ModelConverter {
     name: def.name,
     ...(def.aliases !== undefined ? { aliases: def.aliases } : {}),
     ...(def.description !== undefined ? { description: def.description } : {}),
+    ...(def.options !== undefined ? { options: def.options } : {}),
     convertHfToMs,
     convertMsToHf,
   };

@@ -58,6 +58,8 @@ export interface ModelConverter {
   readonly name: string;
   readonly aliases?: readonly string[];
   readonly description?: string;
+  /** snake_case options it reads from `ConvertOptions.extra` (`--key value` on the command line). */
+  readonly options?: readonly string[];
   readonly convertHfToMs: ConvertFunction;
   readonly convertMsToHf: ConvertFunction;
 }
@@ -110,6 +112,19 @@ export interface LayoutContext {
   /** The config.json path (for messages). */
   readonly configPath: string;
   readonly direction: ConvertDirection;
+  /**
+   * Discovery (no config.json at hand): readers add every config key the layout cannot do without
+   * to this set and go on with stand-in values, so that a message can name all of them.
+   */
+  readonly discover?: Set<string>;
+}
+
+/** What the MindSpore tensors of a reverse conversion tell about the model's config. */
+export interface ConfigFromWeights {
+  /** config.json values read from tensor names and shapes. */
+  readonly config: HfConfig;
+  /** Keys the layout needs that the tensors cannot tell (empty: no config.json needed). */
+  readonly cannot: readonly string[];
 }
 
 /** A model for the shared engine. `defineModel` turns it into a `ModelConverter`. */
@@ -117,5 +132,12 @@ export interface ModelDefinition {
   readonly name: string;
   readonly aliases?: readonly string[];
   readonly description?: string;
+  /** snake_case model options it reads from `ConvertOptions.extra` (given as `--key value`). */
+  readonly options?: readonly string[];
   layout(config: HfConfig, options: ConvertOptions, ctx: LayoutContext): ModelLayout;
+  /**
+   * Reverse conversion without config.json: the config the MindSpore tensors give. Models
+   * without it need config.json for the reverse direction.
+   */
+  configFromWeights?(tensors: readonly TensorSpec[], options: ConvertOptions): ConfigFromWeights;
 }

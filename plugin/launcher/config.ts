@@ -4,6 +4,7 @@
  * YAML for derived runs. Every problem names `file:line:column key.path`; all of them are
  * collected and reported together.
  */
+import { editDistance } from '../suggest.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -226,23 +227,7 @@ function getValidator(): ValidateFunction {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/** Levenshtein distance, giving up (returning max+1) once it exceeds `max`. */
-export function editDistance(a: string, b: string, max = 3): number {
-  if (Math.abs(a.length - b.length) > max) return max + 1;
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    let rowMin = i;
-    for (let j = 1; j <= b.length; j++) {
-      const v = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-      cur.push(v);
-      if (v < rowMin) rowMin = v;
-    }
-    if (rowMin > max) return max + 1;
-    prev = cur;
-  }
-  return prev[b.length]!;
-}
+export { editDistance } from '../suggest.js';
 
 /** The closest candidate within edit distance 2 (case-insensitive), if any. */
 export function nearMiss(key: string, candidates: readonly string[]): string | undefined {

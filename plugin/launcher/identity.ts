@@ -40,7 +40,8 @@ export interface RankIdentityOptions {
 
 type Env = Record<string, string | undefined>;
 
-const MSRUN_VARS = ['RANK_ID', 'RANK_SIZE', 'MS_WORKER_NUM', 'MS_NODE_RANK', 'DEVICE_ID', 'MS_ROLE'] as const;
+/** The variables msrun exports to every worker; none set = not started by msrun. */
+export const MSRUN_VARS = ['RANK_ID', 'RANK_SIZE', 'MS_WORKER_NUM', 'MS_NODE_RANK', 'DEVICE_ID', 'MS_ROLE'] as const;
 
 function readInt(env: Env, name: string, min: number): number | undefined {
   const raw = env[name];

@@ -45,8 +45,8 @@ import {
   TransformBuffers, transformGroupBufferSizes, transformGroupSize,
 } from '../transform/execute.js';
 import type { TensorSink } from '../formats/types.js';
-import { loadRunConfig, deriveRunConfig, transformedNames, type RunConfig } from './config.js';
-import { rankIdentity, type RankIdentity } from './identity.js';
+import { checkRunConfig, loadRunConfig, deriveRunConfig, transformedNames, type RunConfig } from './config.js';
+import { MSRUN_VARS, rankIdentity, type RankIdentity } from './identity.js';
 
 export interface LaunchOptions {
   /** The run YAML (never modified). */
@@ -59,12 +59,12 @@ export interface LaunchOptions {
   readonly cwd?: string;
   /** A destination strategy file or folder instead of a strategy-only pass. */
   readonly dstStrategy?: string;
-  /** Seconds every barrier waits at most (default: the YAML's msckpt.barrier_timeout, else 7200). */
-  readonly barrierTimeout?: number;
-  /** Seconds without an awaited rank's heartbeat (converters: task beat; others: presence beat) before it counts as dead (default 60). */
-  readonly heartbeatTimeout?: number;
-  /** Poll interval in milliseconds (default: automatic). */
-  readonly pollInterval?: number;
+  /** Milliseconds every barrier waits at most (default: the YAML's msckpt.barrier_timeout, else 7200 s). */
+  readonly barrierTimeoutMs?: number;
+  /** Milliseconds without an awaited rank's heartbeat (converters: task beat; others: presence beat) before it counts as dead (default 60 s). */
+  readonly heartbeatTimeoutMs?: number;
+  /** Poll interval in milliseconds (default: the YAML's msckpt.poll_interval, else automatic). */
+  readonly pollIntervalMs?: number;
   /** Force (true) or deny (false) a disk shared by all nodes; default: detected. */
   readonly sharedDisk?: boolean;
   /** Workers per node when msrun's environment cannot tell. */
@@ -558,6 +558,21 @@ async function loadTimeYaml(cfg: RunConfig, rank: number, log: (line: string) =>
 }
 
 /**
+ * Started outside msrun (none of its variables set) on a YAML whose conversion needs several
+ * devices: say so, instead of a device-count complaint about a world of one.
+ */
+async function refuseWithoutMsrun(config: string, cwd: string): Promise<void> {
+  const peek = (await checkRunConfig(config, { cwd, checkFiles: false })).config;
+  if (peek === null || !(peek.autoTransCkpt || peek.onlySaveStrategy)) return;
+  const devices = peek.deviceCount ?? 1;
+  if (devices <= 1) return;
+  throw new InputError(
+    `no msrun environment found (none of ${MSRUN_VARS.join(', ')} is set), but ${config} describes ${devices} devices; ` +
+      `start every rank under msrun: msrun --worker_num=${devices} --local_worker_num=${devices} msckpt launch --config ${config} -- <training command>`,
+  );
+}
+
+/**
  * The launcher hook: see the module comment. Returns the training command's exit code (0 for a
  * dry run). Throws InputError for bad configuration (exit 2) and FailureError/CoordinationError
  * when the job cannot start (exit 1), after telling the other ranks.
@@ -571,6 +586,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     // msrun's scheduler runs the same command; it takes no part in the weights
     return (await runCommand(substituteConfig(opts.command, resolve(cwd, opts.config)), { cwd, env })).code;
   }
+  if (first.standalone) await refuseWithoutMsrun(opts.config, cwd);
   const cfg = await loadRunConfig(opts.config, { worldSize: first.worldSize, cwd });
   // again with npu_num_per_node, so every rank derives the same node size
   const id = rankIdentity(env, { localWorkerNum: opts.localWorkerNum, npuNumPerNode: cfg.npuNumPerNode });
@@ -590,9 +606,9 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   }
 
   const settings = cfg.msckpt;
-  const barrierS = opts.barrierTimeout ?? settings.barrierTimeout;
-  const heartbeatS = opts.heartbeatTimeout ?? settings.heartbeatTimeout;
-  const pollInterval = opts.pollInterval ?? settings.pollInterval;
+  const barrierMs = opts.barrierTimeoutMs ?? settings.barrierTimeout * 1000;
+  const heartbeatMs = opts.heartbeatTimeoutMs ?? settings.heartbeatTimeout * 1000;
+  const pollInterval = opts.pollIntervalMs ?? settings.pollInterval;
   const dstOverride = opts.dstStrategy ?? settings.dstStrategy;
   const memory = opts.memory ?? DEFAULT_MEMORY;
   const disk = detectSharedDisk(cfg.paths.outputDir, env);
@@ -633,8 +649,8 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     leader,
     sharedDisk: polling,
     ...(pollInterval !== undefined ? { pollInterval } : {}),
-    barrierTimeoutMs: barrierS * 1000,
-    heartbeatTimeoutMs: heartbeatS * 1000,
+    barrierTimeoutMs: barrierMs,
+    heartbeatTimeoutMs: heartbeatMs,
   });
   let stage = 'clean';
   await coord.setStage(stage);

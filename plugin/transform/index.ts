@@ -1,6 +1,6 @@
 /** Executing re-sharding plans: transform, manifest, resume, verify. */
 export {
-  transformCheckpoints, parseMemorySize, parseRankRanges, formatRankRanges, transformProcessBlocks, transformOutputPath, fileCrc32Of, readTransformManifest,
+  transformCheckpoints, parseRankRanges, formatRankRanges, transformProcessBlocks, transformOutputPath, fileCrc32Of, readTransformManifest,
   TRANSFORM_MANIFEST_NAME,
   type TransformOptions, type TransformReport, type ManifestFile, type TransformManifest, type TransformFingerprint,
 } from './transform.js';

@@ -49,8 +49,8 @@ export interface TransformOptions {
   readonly worldSize?: number;
   /** Converter processes (default 1 = in this process). */
   readonly processNum?: number;
-  /** Buffer budget in bytes or a size string like `512M` (default 512 MiB). */
-  readonly memory?: number | string;
+  /** Buffer budget in bytes (default 512 MiB). */
+  readonly memory?: number;
   /** Which file of a rank_N folder holding several: last in name order (default) or newest. */
   readonly pick?: PickRule;
   /** Output format; default: the source's format (ckpt or safetensors). */
@@ -113,20 +113,6 @@ export interface TransformReport {
   /** Peak resident set of the converter process(es), bytes. */
   readonly maxRssBytes: number;
   readonly notices: readonly string[];
-}
-
-/** `512M`, `2G`, `1048576`, `64KiB` -> bytes. */
-export function parseMemorySize(text: string | number): number {
-  if (typeof text === 'number') {
-    if (!Number.isSafeInteger(text) || text <= 0) throw new InputError(`memory must be a positive number of bytes, got ${text}`);
-    return text;
-  }
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$/i.exec(text);
-  if (m === null) throw new InputError(`cannot read size '${text}' (expected e.g. 512M, 2G, 1048576)`);
-  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[(m[2] as string).toLowerCase()] as number;
-  const v = Math.floor(Number(m[1]) * mult);
-  if (!Number.isSafeInteger(v) || v <= 0) throw new InputError(`size '${text}' is not a positive byte count`);
-  return v;
 }
 
 /** `8-15`, `0,2,4-7` -> sorted distinct ranks. */
@@ -312,7 +298,8 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
   if (requested !== undefined && requested !== 'ckpt' && requested !== 'safetensors') {
     throw new InputError(`output format must be ckpt or safetensors, got '${String(requested)}'`);
   }
-  const memory = opts.memory === undefined ? DEFAULT_MEMORY : parseMemorySize(opts.memory);
+  const memory = opts.memory ?? DEFAULT_MEMORY;
+  if (!Number.isSafeInteger(memory) || memory <= 0) throw new InputError(`memory must be a positive number of bytes, got ${memory}`);
   const processNum = opts.processNum ?? 1;
   if (!Number.isSafeInteger(processNum) || processNum < 1) throw new InputError(`process number must be a positive integer, got ${processNum}`);
   const dstDir = resolve(opts.dstDir);

@@ -97,13 +97,19 @@ describe('bad input: InputError (exit 2), nothing left behind', () => {
     expect(await inputError({ model: 'deepseek', inputPath: d, outputPath: join(dir, 'f.ckpt') })).toMatch(/o_proj\.weight_scale_inv/);
   });
 
-  it('unknown model lists the known ones; reverse needs config.json; output must not be the input', async () => {
+  it('unknown model lists the known ones; a reverse that needs config.json names the values; output must not be the input', async () => {
     const m = await inputError({ model: 'bloom', inputPath: good, outputPath: join(dir, 'b.ckpt') });
     expect(m).toMatch(/deepseek.*glm-n.*llama.*mixtral.*qwen/);
     const ck = join(dir, 'rev.ckpt');
     await convertWeights({ model: 'llama', inputPath: good, outputPath: ck });
-    expect(await inputError({ model: 'llama', inputPath: ck, outputPath: join(dir, 'rev-out'), reversed: true })).toMatch(/config\.json/);
+    // fused q/k/v cannot be split without the head counts, which only config.json gives
+    const fused = join(dir, 'rev-fused.ckpt');
+    await convertWeights({ model: 'llama', inputPath: good, outputPath: fused, options: { qkvConcat: true } });
+    const need = await inputError({ model: 'llama', inputPath: fused, outputPath: join(dir, 'rev-out'), reversed: true, options: { qkvConcat: true } });
+    expect(need).toMatch(/needs num_attention_heads, num_key_value_heads from the model's HuggingFace config\.json/);
     expect(existsSync(join(dir, 'rev-out'))).toBe(false);
+    // mixtral reads its shapes from config.json only: every value it needs is named
+    expect(await inputError({ model: 'mixtral', inputPath: ck, outputPath: join(dir, 'rev-out'), reversed: true })).toMatch(/needs hidden_size, .*num_hidden_layers/);
     expect(await inputError({ model: 'llama', inputPath: ck, outputPath: good, reversed: true, options: { configPath: join(good, 'config.json') } })).toMatch(/already holds/);
     expect(await inputError({ model: 'llama', inputPath: ck, outputPath: ck })).toMatch(/input/);
   });

@@ -8,10 +8,10 @@ import { afterEach } from 'vitest';
 import { join } from 'node:path';
 import { MSCKPT_BIN } from '../helpers/cli.js';
 import { repoRoot } from '../helpers/fixtures.js';
-import { msrun, type WorkerResult } from '../fixtures/msrun.js';
-import { writeCompleteModel, writeSlicedModel, writeSlicedSafetensors, writeUnifiedSafetensors, type StandInParallel } from '../fixtures/model.js';
+import { msrun, type WorkerResult } from '../../examples/stand-ins/msrun.js';
+import { writeCompleteModel, writeSlicedModel, writeSlicedSafetensors, writeUnifiedSafetensors, type StandInParallel } from '../../examples/stand-ins/model.js';
 
-export const TRAIN_SCRIPT = join(repoRoot, 'test', 'fixtures', 'train.ts');
+export const TRAIN_SCRIPT = join(repoRoot, 'examples', 'stand-ins', 'train.ts');
 export const TSX_LOADER = import.meta.resolve('tsx');
 
 /**

@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { openSafetensors } from '../../plugin/formats/safetensors/index.js';
 import { loadRunConfig } from '../../plugin/launcher/config.js';
 import { launchSources, safetensorsSlicingOf } from '../../plugin/launcher/launch.js';
-import { writeCompleteSafetensors, writeStrategyForRank } from '../fixtures/model.js';
+import { writeCompleteSafetensors, writeStrategyForRank } from '../../examples/stand-ins/model.js';
 import { useJobDirs, runJob, runYaml, writeSlicedST, writeUnified, writeYaml } from './launch-helpers.js';
 
 const jobDir = useJobDirs();

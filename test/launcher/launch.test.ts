@@ -6,7 +6,7 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { writeStrategyForRank } from '../fixtures/model.js';
+import { writeStrategyForRank } from '../../examples/stand-ins/model.js';
 import { runCli } from '../helpers/cli.js';
 import { useJobDirs, runJob, runYaml, writeComplete, writeSliced, writeYaml } from './launch-helpers.js';
 
@@ -137,7 +137,7 @@ describe('launch: failures stop every rank', () => {
       workerNum: 4,
       machinePerNode: true,
       logDir: join(dir, 'logs'),
-      launchArgs: ['--dst-strategy', './dst.ckpt', '--shared-disk', '--local-worker-num', '1', '--heartbeat-timeout', '1', '--poll-interval', '100'],
+      launchArgs: ['--dst-strategy', './dst.ckpt', '--shared-disk', '--local-worker-num', '1', '--heartbeat-timeout', '1', '--poll-interval', '100ms'],
       env: { MSCKPT_TEST_DIE_AFTER_FILES: '0:1' },
     });
     expect(exitCodes(r)).toEqual(['SIGKILL', 1, 1, 1]);
@@ -166,7 +166,7 @@ describe('launch: failures stop every rank', () => {
     // the job's layout names a parameter the checkpoint does not have
     const { makeStrategy } = await import('../../plugin/formats/strategy/names.js');
     const { writeStrategy } = await import('../../plugin/formats/strategy/io.js');
-    const { strategyForRank } = await import('../fixtures/model.js');
+    const { strategyForRank } = await import('../../examples/stand-ins/model.js');
     const base = strategyForRank({ dp: 1, mp: 2, pp: 1 }, 0);
     const extra = { ...(base.layouts[1] as (typeof base.layouts)[number]), name: 'model.layers.9.attention.wq.weight' };
     await writeStrategy(join(dir, 'dst.ckpt'), makeStrategy({ currentStage: 1, layouts: [...base.layouts, extra], items: base.items }));
@@ -246,6 +246,6 @@ describe('launch: command line', () => {
     expect(noCmd.stderr).toMatch(/missing required argument 'command'/);
     const bad = await runCli(['launch', '--config', 'run.yaml', '--barrier_timeout', 'soon', '--', 'true']);
     expect(bad.exitCode).toBe(2);
-    expect(bad.stderr).toMatch(/--barrier-timeout must be a positive number, got 'soon'/);
+    expect(bad.stderr).toMatch(/--barrier-timeout: cannot read 'soon'/);
   });
 });

@@ -32,7 +32,7 @@ describe('msckpt transform / plan / verify / rank-list (CLI)', () => {
   it('--process-num 2 through the real CLI equals one process; verify; resume skips', async () => {
     await withTempDir(async (dir) => {
       const { complete, s4 } = await setup(dir);
-      const one = await runCli(['transform', '--src_checkpoint', complete, '--dst_strategy', s4, '--dst_checkpoint_dir', join(dir, 'one'), '--json']);
+      const one = await runCli(['transform', '--src-checkpoint', complete, '--dst-strategy', s4, '--dst-checkpoint-dir', join(dir, 'one'), '--json']);
       expect(one.exitCode, one.stderr).toBe(0);
       const two = await runCli(['transform', '--src-checkpoint', complete, '--dst-strategy', s4, '--dst-checkpoint-dir', join(dir, 'two'), '--process-num', '2', '--json']);
       expect(two.exitCode, two.stderr).toBe(0);

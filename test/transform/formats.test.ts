@@ -24,7 +24,7 @@ it('writes safetensors output with the same tensors; small budgets assemble in b
       expect(Buffer.from(got).equals(Buffer.from(ck.data))).toBe(true);
     }
     // merge back with a 1 MiB budget (bands of rows) equals the original
-    await transformCheckpoints({ srcCheckpoint: join(dir, 'ck'), srcStrategy: s, dstDir: join(dir, 'back'), memory: '1M', progress: false });
+    await transformCheckpoints({ srcCheckpoint: join(dir, 'ck'), srcStrategy: s, dstDir: join(dir, 'back'), memory: 2 ** 20, progress: false });
     const back = (await readCkpt(join(dir, 'back', 'rank_0', 'checkpoint_0.ckpt'))).get('w')!;
     expect(Buffer.from(back.data).equals(Buffer.from(w))).toBe(true);
   });

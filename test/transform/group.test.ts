@@ -184,7 +184,7 @@ describe('transformCheckpoints with grouped ranks', () => {
       for (const format of ['ckpt', 'safetensors'] as const) {
         const grouped = await transformCheckpoints({ srcCheckpoint: src, dstStrategy: dst, dstDir: join(dir, `g-${format}`), outputFormat: format, crc: true, progress: false });
         // 4 MiB leaves room for one rank at a time only
-        const single = await transformCheckpoints({ srcCheckpoint: src, dstStrategy: dst, dstDir: join(dir, `s-${format}`), outputFormat: format, crc: true, memory: '4M', progress: false });
+        const single = await transformCheckpoints({ srcCheckpoint: src, dstStrategy: dst, dstDir: join(dir, `s-${format}`), outputFormat: format, crc: true, memory: 4 * 2 ** 20, progress: false });
         expect(grouped.written).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
         expect(grouped.files.map((f) => [f.rank, f.size, f.crc32])).toEqual(single.files.map((f) => [f.rank, f.size, f.crc32]));
         for (const f of grouped.files) {

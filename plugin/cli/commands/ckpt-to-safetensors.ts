@@ -2,9 +2,12 @@
  * `msckpt ckpt-to-safetensors SRC DST` and (in safetensors-to-ckpt.ts) the reverse: one file or a
  * whole rank_N/ tree, names kept with the extension swapped.
  */
+import { stat } from 'node:fs/promises';
+import { extname } from 'node:path';
 import type { Command } from 'commander';
-import { InputError } from '../../errors.js';
+import { UsageError } from '../../errors.js';
 import { ckptToSafetensors, loadNameMap, safetensorsToCkpt, type WeightsConvertOptions, type WeightsConvertResult } from '../../unify/index.js';
+import { intFlag, MAX_PROCESSES } from '../flags.js';
 import { createProgress, formatBytes } from '../progress.js';
 
 export const order = 40;
@@ -15,13 +18,6 @@ interface Flags {
   crc?: boolean;
   fileNameRegex?: string;
   json?: boolean;
-}
-
-export function parseProcesses(v: string | undefined): number {
-  if (v === undefined) return 1;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < 1 || n > 256) throw new InputError(`--processes must be an integer from 1 to 256, got '${v}'`);
-  return n;
 }
 
 export function registerConversion(program: Command, name: 'ckpt-to-safetensors' | 'safetensors-to-ckpt'): void {
@@ -37,12 +33,15 @@ export function registerConversion(program: Command, name: 'ckpt-to-safetensors'
     .argument('<src>', `a ${from} file or a folder of them (rank*/ folders included)`)
     .argument('<dst>', `output ${to} file (for one file) or output folder (same tree, extension swapped)`)
     .option('--name-map <json>', 'rename tensors: a JSON object {"old":"new"} or a JSON file holding one')
-    .option('--processes <n>', 'files converted at once', '1')
+    .option('--processes <n>', 'files converted at once (default 1)')
     .option('--crc', toSt ? 'store crc_num in the safetensors metadata' : 'append the crc_num trailer (default: when the original .ckpt had one)')
     .option('--file-name-regex <re>', 'only convert files whose name matches')
     .option('--json', 'print one JSON object on stdout')
     .action(async (src: string, dst: string, flags: Flags) => {
-      const opts: WeightsConvertOptions = { processes: parseProcesses(flags.processes) };
+      if ((await stat(src).catch(() => null))?.isFile() === true && extname(dst).toLowerCase() === from) {
+        throw new UsageError(`<dst> ${dst}: the output of one ${from} file is a ${to} file (or a folder to put it in)`);
+      }
+      const opts: WeightsConvertOptions = { processes: intFlag('--processes', flags.processes, { min: 1, max: MAX_PROCESSES }) ?? 1 };
       if (flags.nameMap !== undefined) opts.nameMap = await loadNameMap(flags.nameMap);
       if (flags.crc === true) opts.crc = true;
       if (flags.fileNameRegex !== undefined) opts.fileNameRegex = flags.fileNameRegex;

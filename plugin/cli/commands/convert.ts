@@ -1,9 +1,19 @@
 /**
- * `msckpt convert`: HuggingFace <-> MindSpore weights (the Python tool's convert_weight.py).
+ * `msckpt convert`: HuggingFace <-> MindSpore weights. Takes mindformers' convert_weight.py
+ * command line unchanged (`--model --input_path --output_path --dtype --reversed`, and the
+ * model's own `--key value` options); an option no model reads is refused with a did-you-mean
+ * (convert_weight.py would pass it on silently). Options for a user converter (`--converter`)
+ * go through `--extra key=value`.
  */
-import type { Command } from 'commander';
-import { InputError } from '../../errors.js';
-import { convertWeights, listConvertModels, loadConverterModule, type ConvertDTypeName } from '../../convert/index.js';
+import { readFile } from 'node:fs/promises';
+import { extname } from 'node:path';
+import { Command } from 'commander';
+import yaml from 'js-yaml';
+import { InputError, UsageError } from '../../errors.js';
+import { convertWeights, getConvertModel, listConvertModels, loadConverterModule, type ConvertDTypeName } from '../../convert/index.js';
+import { closest } from '../../suggest.js';
+import { acceptExtras, invocation } from '../args.js';
+import { boolFlag, choiceFlag, intFlag, required, sizeFlag } from '../flags.js';
 import { createProgress, formatBytes } from '../progress.js';
 
 export const order = 40;
@@ -20,124 +30,165 @@ interface ConvertFlags {
   maxShardSize?: string;
   converter?: string;
   config?: string;
+  extra?: string[];
   list?: boolean;
   json?: boolean;
 }
 
-/** `5GB` (decimal, as HF), `5GiB`, `500MB`, `1e9`, `123` -> bytes. */
-export function parseSize(text: string): number {
-  const m = /^\s*([0-9]+(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([kmgt]?i?b?)?\s*$/i.exec(text);
-  if (m === null) throw new InputError(`cannot read size '${text}' (e.g. 5GB, 500MB, 2GiB)`, { key: 'max_shard_size' });
-  const n = Number(m[1]);
-  const unit = (m[2] ?? '').toLowerCase().replace(/b$/, '');
-  const mult: Record<string, number> = { '': 1, k: 1e3, m: 1e6, g: 1e9, t: 1e12, ki: 1024, mi: 1024 ** 2, gi: 1024 ** 3, ti: 1024 ** 4 };
-  const f = mult[unit];
-  if (f === undefined) throw new InputError(`cannot read size '${text}'`, { key: 'max_shard_size' });
-  const bytes = Math.floor(n * f);
-  if (!Number.isSafeInteger(bytes) || bytes <= 0) throw new InputError(`size '${text}' must be positive`, { key: 'max_shard_size' });
-  return bytes;
+/** convert_weight.py's own options for models msckpt does not convert, for a clearer refusal. */
+const TOOL_OPTIONS: Readonly<Record<string, string>> = {
+  telechat_type: 'telechat',
+  is_lora: 'LoRA weights of qwen2_5 and others',
+  align_rank: 'LoRA weights of qwen2_5',
+  layers: 'gpt2 and wizardcoder',
+  n_head: 'bloom',
+  hidden_size: 'bloom',
+  is_pretrain: 'swin',
+  config_path: "qwen2_5's MindSpore-to-MindSpore qkv concatenation",
+  concat: "glm4's MindSpore-to-MindSpore qkv concatenation",
+};
+
+function collect(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
-function parseBool(v: boolean | string | undefined, flag: string): boolean | undefined {
-  if (v === undefined || typeof v === 'boolean') return v;
-  const s = v.toLowerCase();
-  if (['true', '1', 'yes'].includes(s)) return true;
-  if (['false', '0', 'no'].includes(s)) return false;
-  throw new InputError(`--${flag} expects true or false, got '${v}'`, { key: flag });
-}
-
-/** Unknown `--key value` / `--key=value` pairs, passed to the model as extra options. */
-function parseExtras(args: readonly string[]): Record<string, string | boolean> {
-  const out: Record<string, string | boolean> = {};
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i] as string;
-    if (!a.startsWith('--')) throw new InputError(`unexpected argument '${a}' (custom options start with --)`);
-    const eq = a.indexOf('=');
-    if (eq > 0) {
-      out[a.slice(2, eq).replace(/-/g, '_')] = a.slice(eq + 1);
-      continue;
-    }
-    const next = args[i + 1];
-    if (next !== undefined && !next.startsWith('--')) {
-      out[a.slice(2).replace(/-/g, '_')] = next;
-      i++;
-    } else out[a.slice(2).replace(/-/g, '_')] = true;
+/** `--extra key=value` pairs. */
+function readExtraFlags(list: readonly string[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const item of list ?? []) {
+    const eq = item.indexOf('=');
+    if (eq <= 0) throw new UsageError(`--extra takes key=value, got '${item}'`);
+    out[item.slice(0, eq).replace(/-/g, '_')] = item.slice(eq + 1);
   }
   return out;
 }
 
+/**
+ * mindformers' glm4 documentation passes the model's mindformers YAML as `--config`; the tool reads
+ * qkv_concat and mlp_concat from its model.model_config. Returns them (undefined when absent).
+ */
+async function mindformersModelOptions(path: string): Promise<{ qkvConcat?: boolean; mlpConcat?: boolean }> {
+  let doc: unknown;
+  try {
+    doc = yaml.load(await readFile(path, 'utf8'));
+  } catch (err) {
+    throw new InputError(`cannot read the mindformers YAML: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`, { file: path });
+  }
+  const mc = ((doc as { model?: { model_config?: Record<string, unknown> } } | null)?.model?.model_config ?? {}) as Record<string, unknown>;
+  if (mc['use_rearrange_rope'] === true) {
+    throw new InputError('use_rearrange_rope: True is not supported by msckpt convert (the q/k rows would need rearranging)', { file: path, key: 'model.model_config.use_rearrange_rope' });
+  }
+  const bool = (k: string): boolean | undefined => (typeof mc[k] === 'boolean' ? (mc[k] as boolean) : undefined);
+  const q = bool('qkv_concat');
+  const m = bool('mlp_concat');
+  return { ...(q !== undefined ? { qkvConcat: q } : {}), ...(m !== undefined ? { mlpConcat: m } : {}) };
+}
+
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('convert')
-    .description('convert weights HuggingFace -> MindSpore (or back with --reversed) for llama, glm-n, qwen, mixtral, deepseek')
+    .description('convert weights HuggingFace -> MindSpore (or back with --reversed) for llama, glm-n, qwen, mixtral, deepseek; takes convert_weight.py command lines too')
     .option('--model <name>', 'model (see --list)')
     .option('--input-path <path>', 'HF model folder / safetensors / index (forward) or MindSpore .ckpt / safetensors (--reversed)')
     .option('--output-path <path>', '.ckpt or .safetensors file (forward) or a folder for HF shards (--reversed)')
-    .option('--reversed', 'MindSpore -> HuggingFace')
-    .option('--dtype <dtype>', 'cast floating tensors: fp32, fp16 or bf16 (default: keep each tensor\'s dtype)')
+    .option('--reversed', 'MindSpore -> HuggingFace (config.json is needed only by models whose tensors do not tell their shapes)')
+    .option('--dtype <dtype>', "cast floating tensors: fp32, fp16 or bf16 (default: keep each tensor's dtype)")
     .option('--qkv-concat [bool]', 'fused q/k/v and gate/up weights on the MindSpore side (glm-n: default true)')
     .option('--mlp-concat [bool]', 'glm-n: keep dense_h_to_4h fused (default true)')
     .option('--num-experts <n>', 'number of routed experts when config.json does not say')
-    .option('--max-shard-size <size>', 'largest HF shard with --reversed (default 5GB)')
-    .option('--config <path>', 'HF config.json (default: in the input folder, or beside the input file)')
+    .option('--max-shard-size <size>', 'largest HF shard with --reversed, e.g. 5GB (10^9 bytes, as HuggingFace) or 4GiB (default 5GB)')
+    .option('--config <path>', "HF config.json (default: in the input folder, or beside the input file); glm-n also takes the model's mindformers YAML, as convert_weight.py does")
+    .option('--extra <key=value>', 'a model option by name, for user converters (repeatable)', collect)
     .option('--converter <module>', 'a JS module adding models (exports name, convertHfToMs, convertMsToHf)')
     .option('--list', 'list the models and exit')
-    .option('--json', 'one JSON object on stdout')
-    .allowUnknownOption(true)
-    .argument('[extra...]', 'model-specific --key value options')
-    .action(async (extra: string[], flags: ConvertFlags) => {
-      if (flags.converter !== undefined) await loadConverterModule(flags.converter);
-      if (flags.list === true) {
-        const models = listConvertModels().map((m) => ({ name: m.name, aliases: [...(m.aliases ?? [])], description: m.description ?? '' }));
-        if (flags.json === true) process.stdout.write(`${JSON.stringify({ models })}\n`);
-        else {
-          const w = Math.max(...models.map((m) => m.name.length), 5);
-          for (const m of models) {
-            const al = m.aliases.length > 0 ? ` (aliases: ${m.aliases.join(', ')})` : '';
-            process.stdout.write(`${m.name.padEnd(w)}  ${m.description}${al}\n`);
-          }
+    .option('--json', 'one JSON object on stdout');
+  acceptExtras(cmd).action(async (flags: ConvertFlags) => {
+    if (flags.converter !== undefined) await loadConverterModule(flags.converter);
+    if (flags.list === true) {
+      const models = listConvertModels().map((m) => ({ name: m.name, aliases: [...(m.aliases ?? [])], description: m.description ?? '' }));
+      if (flags.json === true) process.stdout.write(`${JSON.stringify({ models })}\n`);
+      else {
+        const w = Math.max(...models.map((m) => m.name.length), 5);
+        for (const m of models) {
+          const al = m.aliases.length > 0 ? ` (aliases: ${m.aliases.join(', ')})` : '';
+          process.stdout.write(`${m.name.padEnd(w)}  ${m.description}${al}\n`);
         }
-        return;
       }
-      const missing = (['model', 'inputPath', 'outputPath'] as const).filter((k) => flags[k] === undefined);
-      if (missing.length > 0) {
-        throw new InputError(`missing ${missing.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} (or --list)`);
-      }
-      if (flags.dtype !== undefined && !['fp32', 'fp16', 'bf16'].includes(flags.dtype)) {
-        throw new InputError(`Dtype '${flags.dtype}' is not supported (expected fp32, fp16 or bf16)`, { key: 'dtype' });
-      }
-      let numExperts: number | undefined;
-      if (flags.numExperts !== undefined) {
-        numExperts = Number(flags.numExperts);
-        if (!Number.isSafeInteger(numExperts) || numExperts <= 0) throw new InputError(`--num-experts expects a positive integer, got '${flags.numExperts}'`, { key: 'num_experts' });
-      }
-      const extras: Record<string, string | boolean> = parseExtras(extra);
-      const mlp = parseBool(flags.mlpConcat, 'mlp-concat');
-      if (mlp !== undefined) extras['mlp_concat'] = mlp;
-      const qkv = parseBool(flags.qkvConcat, 'qkv-concat');
-      const result = await convertWeights({
-        model: flags.model as string,
-        inputPath: flags.inputPath as string,
-        outputPath: flags.outputPath as string,
-        reversed: flags.reversed === true,
-        ...(flags.dtype !== undefined ? { dtype: flags.dtype as ConvertDTypeName } : {}),
-        options: {
-          ...(qkv !== undefined ? { qkvConcat: qkv } : {}),
-          ...(numExperts !== undefined ? { numExperts } : {}),
-          ...(flags.maxShardSize !== undefined ? { maxShardSize: parseSize(flags.maxShardSize) } : {}),
-          ...(flags.config !== undefined ? { configPath: flags.config } : {}),
-          extra: extras,
-          progress: (total: number) => createProgress(total, flags.json !== true),
-        },
-      });
-      if (flags.json === true) {
-        process.stdout.write(`${JSON.stringify(result)}\n`);
-      } else {
-        process.stdout.write(
-          `converted ${result.model} ${result.direction}: ${result.tensorsIn} tensors in, ${result.tensorsOut} out, ${formatBytes(result.bytesOut)}` +
-            `${result.dtype !== null ? ` as ${result.dtype}` : ''}\n`,
-        );
-        for (const f of result.files) process.stdout.write(`  ${f}\n`);
-      }
+      return;
+    }
+    const model = flags.model !== undefined ? getConvertModel(flags.model) : null;
+    // the model's own `--key value` options, as convert_weight.py passes them on
+    const accepted = new Set(model?.options ?? []);
+    const extras: Record<string, string | boolean> = {};
+    const refused: string[] = [];
+    for (const e of invocation().extras) {
+      if (accepted.has(e.key)) extras[e.key] = e.value ?? true;
+      else refused.push(e.typed);
+    }
+    if (refused.length > 0) {
+      const first = refused[0] as string;
+      const key = first.replace(/^--/, '').replace(/-/g, '_');
+      const names = [...cmd.options.filter((o) => !o.hidden).map((o) => o.long ?? ''), ...[...accepted].map((a) => `--${a}`)];
+      const hint = closest(first, names, 2);
+      const tool = TOOL_OPTIONS[key];
+      throw new UsageError(
+        `unknown option${refused.length > 1 ? 's' : ''} ${refused.map((r) => `'${r}'`).join(', ')} for ${model !== null ? `--model ${model.name}` : 'convert'}` +
+          (hint.length > 0 ? ` (did you mean ${hint.map((h) => `'${h}'`).join(' or ')}?)` : '') +
+          (tool !== undefined ? `; convert_weight.py reads ${first} for ${tool}, which msckpt does not convert` : '') +
+          (model === null ? '' : `; ${model.name} reads ${accepted.size > 0 ? [...accepted].map((a) => `--${a}`).join(', ') : 'no options beyond the flags above'}`) +
+          ' (options of a user converter: --extra key=value)',
+      );
+    }
+    const modelName = required('--model', flags.model, ' (or --list)');
+    const inputPath = required('--input-path', flags.inputPath);
+    const outputPath = required('--output-path', flags.outputPath);
+    const dtype = choiceFlag('--dtype', flags.dtype, ['fp32', 'fp16', 'bf16'] as const) as ConvertDTypeName | undefined;
+    const numExperts = intFlag('--num-experts', flags.numExperts, { min: 1, max: 1 << 16 });
+    const maxShardSize = sizeFlag('--max-shard-size', flags.maxShardSize);
+    const reversed = flags.reversed === true;
+    if (reversed && /\.(bin|pt|pth)$/i.test(outputPath)) {
+      throw new UsageError(`--output-path ${outputPath}: msckpt writes HuggingFace safetensors shards (never PyTorch pickles) into a folder; name a folder`);
+    }
+
+    for (const [k, v] of Object.entries(readExtraFlags(flags.extra))) extras[k] = v;
+
+    let qkv = boolFlag('--qkv-concat', flags.qkvConcat);
+    let mlp = boolFlag('--mlp-concat', flags.mlpConcat);
+    let configPath = flags.config;
+    if (configPath !== undefined && ['.yaml', '.yml'].includes(extname(configPath).toLowerCase())) {
+      if (model?.name !== 'glm-n') throw new UsageError(`--config ${configPath}: give the model's HuggingFace config.json (a mindformers YAML is read for glm-n only)`);
+      const fromYaml = await mindformersModelOptions(configPath);
+      qkv ??= fromYaml.qkvConcat;
+      mlp ??= fromYaml.mlpConcat;
+      configPath = undefined;
+    }
+    if (mlp !== undefined) {
+      if (!accepted.has('mlp_concat')) throw new UsageError(`--mlp-concat applies to glm-n, not --model ${modelName}`);
+      extras['mlp_concat'] = mlp;
+    }
+    const result = await convertWeights({
+      model: modelName,
+      inputPath,
+      outputPath,
+      reversed,
+      ...(dtype !== undefined ? { dtype } : {}),
+      options: {
+        ...(qkv !== undefined ? { qkvConcat: qkv } : {}),
+        ...(numExperts !== undefined ? { numExperts } : {}),
+        ...(maxShardSize !== undefined ? { maxShardSize } : {}),
+        ...(configPath !== undefined ? { configPath } : {}),
+        extra: extras,
+        progress: (total: number) => createProgress(total, flags.json !== true),
+      },
     });
+    if (flags.json === true) {
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+    } else {
+      process.stdout.write(
+        `converted ${result.model} ${result.direction}: ${result.tensorsIn} tensors in, ${result.tensorsOut} out, ${formatBytes(result.bytesOut)}` +
+          `${result.dtype !== null ? ` as ${result.dtype}` : ''}\n`,
+      );
+      for (const f of result.files) process.stdout.write(`  ${f}\n`);
+    }
+  });
 }

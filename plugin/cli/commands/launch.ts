@@ -1,14 +1,14 @@
 /**
- * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout S] [--heartbeat-timeout S]
- * [--poll-interval MS] [--shared-disk | --no-shared-disk] [--local-worker-num N] [--memory SIZE]
+ * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout D] [--heartbeat-timeout D]
+ * [--poll-interval D] [--shared-disk | --no-shared-disk] [--local-worker-num N] [--memory SIZE]
  * [--safetensors-slicing convert|load-time]
  * -- <training command ...>`:
  * the hook every rank msrun starts runs; `{config}` in the command becomes the YAML to read.
+ * Durations: a bare number is seconds (`500ms`, `2s`, `10m`, `1h`); sizes: K/M/G binary.
  */
 import type { Command } from 'commander';
-import { InputError } from '../../errors.js';
 import { launch } from '../../launcher/launch.js';
-import { parseMemorySize } from '../../transform/transform.js';
+import { choiceFlag, durationFlag, intFlag, MAX_PROCESSES, sizeFlag } from '../flags.js';
 
 export const order = 90;
 
@@ -24,46 +24,39 @@ interface LaunchFlags {
   safetensorsSlicing?: string;
 }
 
-function positive(v: string | undefined, flag: string, integer: boolean): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
-    throw new InputError(`${flag} must be a positive ${integer ? 'integer' : 'number'}, got '${v}'`);
-  }
-  return n;
-}
-
 export function register(program: Command): void {
   program
     .command('launch')
     .description('launcher hook for msrun: convert the weights at load_checkpoint to this job\'s layout once, then start training')
     .requiredOption('--config <run-yaml>', 'the run YAML (never modified)')
     .option('--dst-strategy <path>', "the job's strategy file or folder (skips the strategy-only pass)")
-    .option('--barrier-timeout <seconds>', 'longest wait at any barrier (default 7200)')
-    .option('--heartbeat-timeout <seconds>', "a converter silent this long is dead (default 60)")
-    .option('--poll-interval <ms>', 'poll the shared disk this often (default: automatic)')
+    .option('--barrier-timeout <duration>', 'longest wait at any barrier; a bare number is seconds, or 500ms, 2s, 10m, 1h (default 7200 s)')
+    .option('--heartbeat-timeout <duration>', 'a converter silent this long is dead; a bare number is seconds (default 60 s)')
+    .option('--poll-interval <duration>', 'poll the shared disk this often; a bare number is seconds, e.g. 0.5 or 500ms (default: automatic)')
     .option('--shared-disk', 'output_dir is on a disk all nodes share (polling, one converter set for the job)')
     .option('--no-shared-disk', 'each node converts its own ranks into its local output_dir')
     .option('--local-worker-num <n>', "workers per node, when msrun's environment cannot tell")
-    .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (default 512M)')
+    .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (K/M/G: powers of 1024; default 512M)')
     .option('--safetensors-slicing <mode>', 'load_ckpt_format safetensors with complete weights: convert (slice per rank now) or load-time (leave unified for mindformers)')
     .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
     .action(async (command: string[], flags: LaunchFlags) => {
-      const slicing = flags.safetensorsSlicing;
-      if (slicing !== undefined && slicing !== 'convert' && slicing !== 'load-time') {
-        throw new InputError(`--safetensors-slicing must be 'convert' or 'load-time', got '${slicing}'`);
-      }
+      const slicing = choiceFlag('--safetensors-slicing', flags.safetensorsSlicing, ['convert', 'load-time'] as const);
+      const barrier = durationFlag('--barrier-timeout', flags.barrierTimeout);
+      const heartbeat = durationFlag('--heartbeat-timeout', flags.heartbeatTimeout);
+      const poll = durationFlag('--poll-interval', flags.pollInterval);
+      const memory = sizeFlag('--memory', flags.memory);
+      const localWorkerNum = intFlag('--local-worker-num', flags.localWorkerNum, { min: 1, max: MAX_PROCESSES });
       const code = await launch({
         config: flags.config,
         command,
         ...(flags.dstStrategy !== undefined ? { dstStrategy: flags.dstStrategy } : {}),
-        ...(flags.barrierTimeout !== undefined ? { barrierTimeout: positive(flags.barrierTimeout, '--barrier-timeout', false) } : {}),
-        ...(flags.heartbeatTimeout !== undefined ? { heartbeatTimeout: positive(flags.heartbeatTimeout, '--heartbeat-timeout', false) } : {}),
-        ...(flags.pollInterval !== undefined ? { pollInterval: positive(flags.pollInterval, '--poll-interval', true) } : {}),
+        ...(barrier !== undefined ? { barrierTimeoutMs: barrier } : {}),
+        ...(heartbeat !== undefined ? { heartbeatTimeoutMs: heartbeat } : {}),
+        ...(poll !== undefined ? { pollIntervalMs: poll } : {}),
         ...(flags.sharedDisk !== undefined ? { sharedDisk: flags.sharedDisk } : {}),
-        ...(flags.memory !== undefined ? { memory: parseMemorySize(flags.memory) } : {}),
+        ...(memory !== undefined ? { memory } : {}),
         ...(slicing !== undefined ? { safetensorsSlicing: slicing } : {}),
-        ...(flags.localWorkerNum !== undefined ? { localWorkerNum: positive(flags.localWorkerNum, '--local-worker-num', true) } : {}),
+        ...(localWorkerNum !== undefined ? { localWorkerNum } : {}),
       });
       process.exitCode = code;
     });

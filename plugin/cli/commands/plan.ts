@@ -1,26 +1,12 @@
 /** `msckpt plan`: the dry run of a transform: per destination rank its sources, bytes and memory. */
 import type { Command } from 'commander';
-import { InputError } from '../../errors.js';
+import { UsageError } from '../../errors.js';
 import { planRank } from '../../plan/build.js';
 import { loadPlan } from '../../plan/load.js';
-import { parseMemorySize, parseRankRanges } from '../../transform/index.js';
 import { formatBytes } from '../progress.js';
-import { intFlag, pickFlag } from './transform.js';
+import { addTransformFlags, coverageNote, resolveTransformRequest, type TransformFlags } from '../transform-args.js';
 
 export const order = 21;
-
-interface Flags {
-  srcFormat?: string;
-  srcCheckpoint?: string;
-  srcStrategy?: string;
-  dstStrategy?: string;
-  worldSize?: string;
-  rank?: string;
-  ranks?: string;
-  memory?: string;
-  pick?: string;
-  json?: boolean;
-}
 
 function write(text: string): Promise<void> {
   return new Promise((res) => {
@@ -30,51 +16,35 @@ function write(text: string): Promise<void> {
 }
 
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('plan')
-    .description('dry run of transform: per destination rank the source ranks, bytes read and written, and buffer memory (--json: every copy operation)')
-    .option('--src-checkpoint <path>', 'a complete checkpoint file, or a folder of rank_N/ folders')
-    .option('--src-strategy <path>', 'source strategy file or folder')
-    .option('--dst-strategy <path>', 'destination strategy file or folder')
-    .option('--world-size <n>', 'expected destination device count')
-    .option('--rank <r>', 'plan only this destination rank')
-    .option('--ranks <list>', 'plan only these destination ranks, e.g. 8-15')
-    .option('--memory <size>', 'buffer budget, e.g. 512M', '512M')
-    .option('--pick <rule>', 'last or newest file of a rank_N folder', 'last')
-    .option('--json', 'print the full plan (with copy operations) as one JSON object')
-    // accepted so that a transform command line can be re-run as `plan` unchanged; plan writes nothing
-    .option('--dst-checkpoint-dir <dir>', 'ignored (plan writes nothing)')
-    .option('--prefix <prefix>', 'ignored (plan writes nothing)')
-    .option('--process-num <k>', 'ignored (plan writes nothing)')
-    .option('--src-format <format>', 'ckpt or safetensors, for rank_N folders holding both')
-    .option('--output-format <format>', 'ignored (plan writes nothing)')
-    .action(async (flags: Flags) => {
-      if (flags.srcCheckpoint === undefined) throw new InputError('--src-checkpoint is required');
-      let ranks: number[] | undefined;
-      const one = intFlag('rank', flags.rank, 0);
-      if (one !== undefined) ranks = [one];
-      if (flags.ranks !== undefined) ranks = parseRankRanges(flags.ranks);
-      const worldSize = intFlag('world-size', flags.worldSize, 1);
-      const pick = pickFlag(flags.pick);
-      const srcFormat = flags.srcFormat;
-      if (srcFormat !== undefined && srcFormat !== 'ckpt' && srcFormat !== 'safetensors') {
-        throw new InputError(`--src-format must be 'ckpt' or 'safetensors', got '${srcFormat}'`);
+    .description('dry run of transform (takes a transform command line unchanged): per destination rank the source ranks, bytes read and written, and buffer memory (--json: every copy operation)');
+  addTransformFlags(cmd, 'plan').action(async (positional: string[], flags: TransformFlags) => {
+      const req = await resolveTransformRequest(flags, positional, 'plan');
+      const job = req.jobs[0];
+      if (job === undefined || req.jobs.length > 1) throw new UsageError('plan one source at a time');
+      if (req.idle !== undefined) {
+        if (flags.json === true) await write(`${JSON.stringify({ kind: 'plan', notices: [...req.notices, req.idle], ranks: [] })}\n`);
+        else process.stderr.write(`msckpt: ${req.idle}\n`);
+        return;
       }
       const loaded = await loadPlan({
-        srcCheckpoint: flags.srcCheckpoint,
-        srcStrategy: flags.srcStrategy ?? null,
-        dstStrategy: flags.dstStrategy ?? null,
-        memory: parseMemorySize(flags.memory ?? '512M'),
-        ...(ranks !== undefined ? { ranks } : {}),
-        ...(worldSize !== undefined ? { worldSize } : {}),
-        ...(pick !== undefined ? { pick } : {}),
-        ...(srcFormat !== undefined ? { srcFormat } : {}),
+        srcCheckpoint: job.srcCheckpoint,
+        srcStrategy: req.srcStrategy,
+        dstStrategy: req.dstStrategy,
+        memory: req.memory,
+        ...(req.ranks !== undefined ? { ranks: req.ranks } : {}),
+        ...(req.worldSize !== undefined ? { worldSize: req.worldSize } : {}),
+        ...(req.pick !== undefined ? { pick: req.pick } : {}),
+        ...(req.srcFormat !== undefined ? { srcFormat: req.srcFormat } : {}),
       });
+      const note = coverageNote(req, loaded.plan.destination.deviceCount);
+      const notices = [...req.notices, ...loaded.notices, ...(note !== undefined ? [note] : [])];
       const plan = loaded.plan;
       if (flags.json === true) {
         // streamed: one rank's operations at a time
         const { ranks: summaries, ...head } = plan;
-        await write(`{"kind":"plan","notices":${JSON.stringify(loaded.notices)},${JSON.stringify(head).slice(1, -1)},"ranks":[`);
+        await write(`{"kind":"plan","notices":${JSON.stringify(notices)},${JSON.stringify(head).slice(1, -1)},"ranks":[`);
         for (let i = 0; i < summaries.length; i++) {
           const rp = planRank(plan, (summaries[i] as { rank: number }).rank);
           await write(`${i > 0 ? ',' : ''}${JSON.stringify(rp)}`);
@@ -82,7 +52,7 @@ export function register(program: Command): void {
         await write(']}\n');
         return;
       }
-      for (const n of loaded.notices) process.stderr.write(`msckpt: ${n}\n`);
+      for (const n of notices) process.stderr.write(`msckpt: ${n}\n`);
       const s = plan.source;
       const d = plan.destination;
       const lines = [
@@ -98,5 +68,5 @@ export function register(program: Command): void {
         );
       }
       await write(`${lines.join('\n')}\n`);
-    });
+  });
 }

@@ -1,113 +1,69 @@
 /**
- * `msckpt transform`: re-shard checkpoints between two layouts (slice, merge, convert), with the
- * flags of MindSpore's transform_checkpoints / mindformers (snake_case spellings accepted).
+ * `msckpt transform`: re-shard checkpoints between two layouts (slice, merge, convert). Takes its
+ * own flags, and the command lines of mindformers' transform_checkpoint.py and
+ * transform_checkpoint.sh unchanged (see ../transform-args.ts).
  */
-import { Command, Option } from 'commander';
-import { InputError } from '../../errors.js';
-import type { PickRule } from '../../plan/load.js';
-import { transformCheckpoints, type TransformOptions } from '../../transform/index.js';
+import type { Command } from 'commander';
+import { transformCheckpoints, type TransformReport } from '../../transform/index.js';
 import { formatBytes } from '../progress.js';
+import { addTransformFlags, coverageNote, resolveTransformRequest, type TransformFlags } from '../transform-args.js';
 
 export const order = 20;
 
-interface Flags {
-  srcCheckpoint?: string;
-  srcStrategy?: string;
-  dstCheckpointDir?: string;
-  dstStrategy?: string;
-  prefix?: string;
-  worldSize?: string;
-  processNum?: string;
-  rank?: string;
-  ranks?: string;
-  memory?: string;
-  pick?: string;
-  outputFormat?: string;
-  srcFormat?: string;
-  crc?: boolean;
-  json?: boolean;
-  child?: boolean;
-}
-
-export function intFlag(name: string, v: string | undefined, min: number): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min) throw new InputError(`--${name} must be an integer >= ${min}, got '${v}'`);
-  return n;
-}
-
-export function pickFlag(v: string | undefined): PickRule | undefined {
-  if (v === undefined) return undefined;
-  if (v !== 'last' && v !== 'newest') throw new InputError(`--pick must be 'last' or 'newest', got '${v}'`);
-  return v;
-}
-
-function strategyFlag(v: string | undefined): string | null {
-  // MindSpore accepts None / empty for "no strategy"
-  if (v === undefined || v === '' || v === 'None' || v === 'none') return null;
-  return v;
-}
-
 export function register(program: Command): void {
-  program
+  const cmd = program
     .command('transform')
-    .description('re-shard checkpoints between parallel layouts: slice a complete file, merge rank_N/ slices, or convert one layout to another')
-    .option('--src-checkpoint <path>', 'a complete checkpoint file, or a folder of rank_N/ folders')
-    .option('--src-strategy <path>', 'source strategy file, or a folder of per-stage files (merged first); omit for a complete source')
-    .option('--dst-checkpoint-dir <dir>', 'output folder: DIR/rank_R/{prefix}R.ckpt')
-    .option('--dst-strategy <path>', 'destination strategy file or folder; omit for one complete file')
-    .option('--prefix <text>', 'output file name prefix', 'checkpoint_')
-    .option('--world-size <n>', 'expected destination device count (checked against the destination strategy)')
-    .option('--process-num <k>', 'converter processes, each owning a contiguous block of destination ranks', '1')
-    .option('--rank <r>', 'write only this destination rank')
-    .option('--ranks <list>', 'write only these destination ranks, e.g. 8-15 or 0,2,4-7')
-    .option('--memory <size>', 'buffer budget, e.g. 512M or 2G', '512M')
-    .option('--pick <rule>', 'which file of a rank_N folder holding several: last (name order) or newest', 'last')
-    .option('--output-format <fmt>', "ckpt or safetensors (default: the source's format)")
-    .option('--src-format <fmt>', 'rank_N folders holding both .ckpt and .safetensors files: which to read (default safetensors)')
-    .option('--crc', 'ckpt: append the CRC-32 trailer; safetensors: store crc_num in the metadata')
-    .option('--json', 'print one JSON report on stdout')
-    .addOption(new Option('--child').hideHelp())
-    .action(async (flags: Flags) => {
-      if (flags.srcCheckpoint === undefined) throw new InputError('--src-checkpoint is required');
-      if (flags.dstCheckpointDir === undefined) throw new InputError('--dst-checkpoint-dir is required');
-      const fmt = flags.outputFormat;
-      if (fmt !== undefined && fmt !== 'ckpt' && fmt !== 'safetensors') throw new InputError(`--output-format must be ckpt or safetensors, got '${fmt}'`);
-      const srcFormat = flags.srcFormat;
-      if (srcFormat !== undefined && srcFormat !== 'ckpt' && srcFormat !== 'safetensors') throw new InputError(`--src-format must be ckpt or safetensors, got '${srcFormat}'`);
-      const json = flags.json === true;
-      const worldSize = intFlag('world-size', flags.worldSize, 1);
-      const rank = intFlag('rank', flags.rank, 0);
-      const pick = pickFlag(flags.pick);
-      const opts: TransformOptions = {
-        srcCheckpoint: flags.srcCheckpoint,
-        srcStrategy: strategyFlag(flags.srcStrategy),
-        dstStrategy: strategyFlag(flags.dstStrategy),
-        dstDir: flags.dstCheckpointDir,
-        prefix: flags.prefix ?? 'checkpoint_',
-        processNum: intFlag('process-num', flags.processNum, 1) ?? 1,
-        memory: flags.memory ?? '512M',
-        ...(fmt !== undefined ? { outputFormat: fmt } : {}),
-        ...(srcFormat !== undefined ? { srcFormat } : {}),
-        ...(flags.crc === true ? { crc: true } : {}),
-        progress: !json,
-        child: flags.child === true,
-        ...(worldSize !== undefined ? { worldSize } : {}),
-        ...(rank !== undefined ? { rank } : {}),
-        ...(flags.ranks !== undefined ? { ranks: flags.ranks } : {}),
-        ...(pick !== undefined ? { pick } : {}),
-        ...(json ? {} : { onNotice: (m: string) => process.stderr.write(`msckpt: ${m}\n`) }),
-      };
-      const r = await transformCheckpoints(opts);
-      if (json) {
-        process.stdout.write(`${JSON.stringify({ kind: 'transform', ...r })}\n`);
-        return;
-      }
+    .description('re-shard checkpoints between parallel layouts: slice a complete file, merge rank_N/ slices, or convert one layout to another; takes transform_checkpoint.py/.sh command lines too');
+  addTransformFlags(cmd, 'transform').action(async (positional: string[], flags: TransformFlags) => {
+    const req = await resolveTransformRequest(flags, positional, 'transform');
+    const json = flags.json === true;
+    const notice = (m: string): void => {
+      if (!json) process.stderr.write(`msckpt: ${m}\n`);
+    };
+    for (const n of req.notices) notice(n);
+    if (req.idle !== undefined) {
+      if (json) process.stdout.write(`${JSON.stringify({ kind: 'transform', dialect: req.dialect, notices: [...req.notices, req.idle], jobs: [] })}\n`);
+      else notice(req.idle);
+      return;
+    }
+    const reports: TransformReport[] = [];
+    for (const job of req.jobs) {
+      reports.push(
+        await transformCheckpoints({
+          srcCheckpoint: job.srcCheckpoint,
+          srcStrategy: req.srcStrategy,
+          dstStrategy: req.dstStrategy,
+          dstDir: job.dstDir,
+          prefix: req.prefix,
+          processNum: req.processNum,
+          memory: req.memory,
+          ...(req.outputFormat !== undefined ? { outputFormat: req.outputFormat } : {}),
+          ...(req.srcFormat !== undefined ? { srcFormat: req.srcFormat } : {}),
+          ...(req.crc ? { crc: true } : {}),
+          progress: !json,
+          child: flags.child === true,
+          ...(req.worldSize !== undefined ? { worldSize: req.worldSize } : {}),
+          ...(req.ranks !== undefined ? { ranks: req.ranks } : {}),
+          ...(req.pick !== undefined ? { pick: req.pick } : {}),
+          ...(json ? {} : { onNotice: notice }),
+        }),
+      );
+    }
+    const notes = reports.map((r) => coverageNote(req, r.worldSize)).filter((n): n is string => n !== undefined);
+    if (json) {
+      const one = reports.length === 1 && req.dialect === 'msckpt' ? (reports[0] as TransformReport) : null;
+      if (one !== null) process.stdout.write(`${JSON.stringify({ kind: 'transform', ...one })}\n`);
+      else process.stdout.write(`${JSON.stringify({ kind: 'transform', dialect: req.dialect, notices: [...req.notices, ...notes], jobs: reports })}\n`);
+      return;
+    }
+    for (const r of reports) {
       const rate = r.seconds > 0 ? r.bytesWritten / r.seconds : 0;
       process.stdout.write(
         `transform: ${r.written.length} file(s) written, ${r.skipped.length} skipped (complete for the same inputs) of ${r.worldSize} rank(s)\n` +
           `  read ${formatBytes(r.bytesRead)}, wrote ${formatBytes(r.bytesWritten)} in ${r.seconds.toFixed(2)} s (${formatBytes(rate)}/s), ${r.processes} process(es), peak RSS ${formatBytes(r.maxRssBytes)}\n` +
           `  output ${r.dstDir}${r.manifest !== null ? `, manifest ${r.manifest}` : ''}\n`,
       );
-    });
+    }
+    for (const n of notes) notice(n);
+  });
 }

@@ -2,10 +2,10 @@
  * `msckpt unify SRC_DIR --src-strategy FILE|DIR DST_DIR`: MindSpore's unified_safetensors.
  */
 import type { Command } from 'commander';
-import { InputError } from '../../errors.js';
+import { UsageError } from '../../errors.js';
 import { loadNameMap, unifySafetensors, type UnifyOptions } from '../../unify/index.js';
 import { createProgress, formatBytes } from '../progress.js';
-import { parseProcesses } from './ckpt-to-safetensors.js';
+import { intFlag, MAX_PROCESSES, sizeFlag } from '../flags.js';
 
 export const order = 42;
 
@@ -20,18 +20,6 @@ interface Flags {
   json?: boolean;
 }
 
-const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kb: 1024, kib: 1024, m: 1024 ** 2, mb: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gb: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tb: 1024 ** 4, tib: 1024 ** 4 };
-
-/** `3G`, `512MiB`, `1048576` -> bytes. */
-export function parseByteSize(text: string, flag: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
-  const unit = m === null ? undefined : UNITS[(m[2] as string).toLowerCase()];
-  if (m === null || unit === undefined) throw new InputError(`${flag} must be a size like 3G, 512M or 1048576, got '${text}'`);
-  const n = Math.floor(Number(m[1]) * unit);
-  if (!Number.isSafeInteger(n) || n < 1) throw new InputError(`${flag} must be a positive size, got '${text}'`);
-  return n;
-}
-
 export function register(program: Command): void {
   program
     .command('unify')
@@ -39,9 +27,9 @@ export function register(program: Command): void {
     .argument('<src-dir>', 'folder of rank_N/ folders (per rank, the file whose name ends in the largest epoch/step is used)')
     .argument('<dst-dir>', 'output folder: part{i}.safetensors, param_name_map.json, hyper_param.safetensors')
     .requiredOption('--src-strategy <path>', 'source strategy: a (merged) strategy file or a folder of per-stage files')
-    .option('--part-size <size>', 'largest part (a larger tensor gets a part of its own)', '3G')
-    .option('--processes <n>', 'parts written at once', '1')
-    .option('--memory <size>', 'assembly buffer budget (tensors larger are assembled in dim-0 bands)', '256M')
+    .option('--part-size <size>', 'largest part, e.g. 3G or 3GB (K/M/G: powers of 1024, KB/MB/GB: of 1000; a larger tensor gets a part of its own; default 3G)')
+    .option('--processes <n>', 'parts written at once (default 1)')
+    .option('--memory <size>', 'assembly buffer budget; tensors larger are assembled in dim-0 bands (default 256M)')
     .option('--filter <regex>', 'only keep tensors whose (source) name matches')
     .option('--name-map <json>', 'rename tensors: a JSON object {"old":"new"} or a JSON file holding one')
     .option('--crc', 'store crc_num in each file\'s metadata')
@@ -54,9 +42,9 @@ export function register(program: Command): void {
         srcDir,
         dstDir,
         srcStrategy: flags.srcStrategy as string,
-        partSize: parseByteSize(flags.partSize ?? '3G', '--part-size'),
-        memory: parseByteSize(flags.memory ?? '256M', '--memory'),
-        processes: parseProcesses(flags.processes),
+        partSize: sizeFlag('--part-size', flags.partSize ?? '3G') as number,
+        memory: sizeFlag('--memory', flags.memory ?? '256M') as number,
+        processes: intFlag('--processes', flags.processes, { min: 1, max: MAX_PROCESSES }) ?? 1,
         onNotice: (m) => {
           notices.push(m);
           if (flags.json !== true) process.stderr.write(`msckpt: ${m}\n`);
@@ -67,7 +55,7 @@ export function register(program: Command): void {
         try {
           re = new RegExp(flags.filter);
         } catch {
-          throw new InputError(`--filter '${flags.filter}' is not a valid regular expression`);
+          throw new UsageError(`--filter '${flags.filter}' is not a valid regular expression`);
         }
         opts.filter = (n) => re.test(n);
       }

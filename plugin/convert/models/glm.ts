@@ -13,6 +13,7 @@ export const glm = defineModel({
   name: 'glm-n',
   aliases: ['glm4', 'glm', 'chatglm'],
   description: 'GLM4 ChatGLM format (transformer.encoder.*) <-> mindformers glm2; --qkv-concat false / --mlp-concat false split the fused weights',
+  options: ['mlp_concat'],
   layout(config, options, ctx) {
     const cfg = new ConfigReader(config, ctx);
     const H = cfg.int('hidden_size');

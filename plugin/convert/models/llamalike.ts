@@ -3,7 +3,7 @@
  * research/qwen2_5 convert_weight.py): one table, biases and fusion as options.
  */
 import { ConfigReader, interleaveRows, megatronQkv, optionBool, rename } from '../layout.js';
-import type { ConvertOptions, HfConfig, LayoutContext, Link, ModelLayout } from '../types.js';
+import type { ConfigFromWeights, ConvertOptions, HfConfig, LayoutContext, Link, ModelLayout, TensorSpec } from '../types.js';
 
 export interface LlamaLikeOptions {
   /** q/k/v biases: always (Qwen2), or when config.json says `attention_bias` (Llama). */
@@ -65,4 +65,40 @@ export function llamaLikeLayout(config: HfConfig, options: ConvertOptions, ctx: 
   // tied embeddings: no lm_head in HF files; accept one when present anyway
   links.push(rename('lm_head.weight', 'lm_head.weight', [V, H], tied));
   return { links };
+}
+
+/**
+ * A llama-style config from MindSpore tensor names and shapes, for reverse conversions without
+ * config.json. Separate q/k/v weights are plain renames, so their row counts stand in for the head
+ * counts (head_dim 1); fused w_qkv rows cannot be split without the real head counts.
+ */
+export function llamaLikeConfigFromWeights(tensors: readonly TensorSpec[], options: ConvertOptions): ConfigFromWeights {
+  const byName = new Map(tensors.map((t) => [t.name, t.shape] as const));
+  const cannot: string[] = [];
+  const config: Record<string, unknown> = {};
+  const emb = byName.get('model.tok_embeddings.embedding_weight');
+  if (emb === undefined || emb.length !== 2) return { config, cannot: ['vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'intermediate_size'] };
+  const [V, H] = emb as [number, number];
+  let layers = 0;
+  for (const t of tensors) {
+    const m = /^model\.layers\.(\d+)\./.exec(t.name);
+    if (m !== null) layers = Math.max(layers, Number(m[1]) + 1);
+  }
+  Object.assign(config, { vocab_size: V, hidden_size: H, num_hidden_layers: layers });
+  const l0 = 'model.layers.0';
+  const q = byName.get(`${l0}.attention.wq.weight`);
+  const k = byName.get(`${l0}.attention.wk.weight`);
+  const fused = byName.has(`${l0}.attention.w_qkv.weight`) || optionBool(options, 'qkv_concat', false);
+  if (!fused && q !== undefined && k !== undefined && (q[0] as number) % (k[0] as number) === 0) {
+    Object.assign(config, { num_attention_heads: q[0], num_key_value_heads: k[0], head_dim: 1 });
+  } else cannot.push('num_attention_heads', 'num_key_value_heads');
+  const w1 = byName.get(`${l0}.feed_forward.w1.weight`);
+  const wgh = byName.get(`${l0}.feed_forward.w_gate_hidden.weight`);
+  if (w1 !== undefined) config['intermediate_size'] = w1[0];
+  else if (wgh !== undefined) config['intermediate_size'] = (wgh[0] as number) / 2;
+  else cannot.push('intermediate_size');
+  config['attention_bias'] = byName.has(`${l0}.attention.wq.bias`) || byName.has(`${l0}.attention.w_qkv.bias`);
+  config['mlp_bias'] = byName.has(`${l0}.feed_forward.w1.bias`) || byName.has(`${l0}.feed_forward.w_gate_hidden.bias`);
+  config['tie_word_embeddings'] = !byName.has('lm_head.weight');
+  return { config, cannot };
 }
