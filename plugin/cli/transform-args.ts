@@ -233,7 +233,15 @@ export async function resolveTransformRequest(flags: TransformFlags, positional:
       dstStrategy = STRATEGY_NONE(flags.dstStrategy);
       w = intFlag(typedAs('--world-size') ?? '--world_size', flags.worldSize, { min: 1, max: MAX_WORLD_SIZE }) ?? 1;
       k = intFlag(typedAs('--transform-process-num') ?? '--transform_process_num', flags.transformProcessNum, { min: 1, max: MAX_PROCESSES }) ?? 1;
-      r = intFlag(typedAs('--rank-id') ?? '--rank_id', flags.rankId, { min: 0, max: MAX_WORLD_SIZE - 1 }) ?? 0;
+      const given = intFlag(typedAs('--rank-id') ?? '--rank_id', flags.rankId, { min: 0, max: MAX_WORLD_SIZE - 1 });
+      // the tool takes RANK_ID from the environment when --rank_id is absent (or 0: falsy in Python)
+      const env = process.env['RANK_ID'];
+      const fromEnv = env !== undefined && /^\d+$/.test(env.trim()) ? Number(env) : undefined;
+      r = given ?? fromEnv ?? 0;
+      if (given === undefined && fromEnv !== undefined && fromEnv !== 0) notices.push(`--rank_id not given: using RANK_ID=${fromEnv} from the environment, as transform_checkpoint.py does`);
+      if (given === 0 && fromEnv !== undefined && fromEnv !== 0) {
+        notices.push(`--rank_id 0 taken as given (transform_checkpoint.py would use RANK_ID=${fromEnv} from the environment instead)`);
+      }
       byRankAsked = boolFlag(typedAs('--transform-by-rank') ?? '--transform_by_rank', flags.transformByRank) ?? false;
       if (flags.transformByRank !== undefined && flags.transformByRank !== true && !byRankAsked && w > 1 && k === 1) {
         notices.push(

@@ -676,7 +676,11 @@ export async function runConversion(
   let writer: ConvertWriter | null = null;
   try {
     const withoutConfig = !forward && !existsSync(opened.configPath);
-    const config = withoutConfig ? configFromWeights(def, source, options, opened.configPath) : await readHfConfig(opened.configPath);
+    const config = !withoutConfig
+      ? await readHfConfig(opened.configPath)
+      : options.config !== undefined
+        ? options.config
+        : configFromWeights(def, source, options, opened.configPath);
     const layout = def.layout(config, options, { configPath: opened.configPath, direction });
     if (forward) source = dequantizingSource(source, target ?? 'BFloat16');
     const plan = planConversion(layout, source, direction, target, def.name);

@@ -17,6 +17,11 @@ export type HfConfig = Readonly<Record<string, unknown>>;
 export interface ConvertOptions {
   /** config.json to use; default: `config.json` in the HF folder, or beside the input file. */
   readonly configPath?: string;
+  /**
+   * Reverse only: the model's config as an object, used when there is no config.json (e.g. the
+   * `model_config` of a mindformers YAML, whose keys are the HF config's for glm-n).
+   */
+  readonly config?: HfConfig;
   /** Fuse q/k/v (and gate/up) the way the MindSpore model with `qkv_concat: True` expects. */
   readonly qkvConcat?: boolean;
   /** Number of routed experts when config.json does not give it (must agree when it does). */

@@ -67,7 +67,7 @@ function readExtraFlags(list: readonly string[] | undefined): Record<string, str
  * mindformers' glm4 documentation passes the model's mindformers YAML as `--config`; the tool reads
  * qkv_concat and mlp_concat from its model.model_config. Returns them (undefined when absent).
  */
-async function mindformersModelOptions(path: string): Promise<{ qkvConcat?: boolean; mlpConcat?: boolean }> {
+async function mindformersModelOptions(path: string): Promise<{ qkvConcat?: boolean; mlpConcat?: boolean; modelConfig: Record<string, unknown> }> {
   let doc: unknown;
   try {
     doc = yaml.load(await readFile(path, 'utf8'));
@@ -81,7 +81,7 @@ async function mindformersModelOptions(path: string): Promise<{ qkvConcat?: bool
   const bool = (k: string): boolean | undefined => (typeof mc[k] === 'boolean' ? (mc[k] as boolean) : undefined);
   const q = bool('qkv_concat');
   const m = bool('mlp_concat');
-  return { ...(q !== undefined ? { qkvConcat: q } : {}), ...(m !== undefined ? { mlpConcat: m } : {}) };
+  return { ...(q !== undefined ? { qkvConcat: q } : {}), ...(m !== undefined ? { mlpConcat: m } : {}), modelConfig: mc };
 }
 
 export function register(program: Command): void {
@@ -155,11 +155,14 @@ export function register(program: Command): void {
     let qkv = boolFlag('--qkv-concat', flags.qkvConcat);
     let mlp = boolFlag('--mlp-concat', flags.mlpConcat);
     let configPath = flags.config;
+    let modelConfig: Record<string, unknown> | undefined;
     if (configPath !== undefined && ['.yaml', '.yml'].includes(extname(configPath).toLowerCase())) {
       if (model?.name !== 'glm-n') throw new UsageError(`--config ${configPath}: give the model's HuggingFace config.json (a mindformers YAML is read for glm-n only)`);
+      // convert_weight.py's glm-n takes the run YAML: fusion from it, and (reversed) the geometry
       const fromYaml = await mindformersModelOptions(configPath);
       qkv ??= fromYaml.qkvConcat;
       mlp ??= fromYaml.mlpConcat;
+      if (reversed) modelConfig = fromYaml.modelConfig;
       configPath = undefined;
     }
     if (mlp !== undefined) {
@@ -177,6 +180,7 @@ export function register(program: Command): void {
         ...(numExperts !== undefined ? { numExperts } : {}),
         ...(maxShardSize !== undefined ? { maxShardSize } : {}),
         ...(configPath !== undefined ? { configPath } : {}),
+        ...(modelConfig !== undefined ? { config: modelConfig } : {}),
         extra: extras,
         progress: (total: number) => createProgress(total, flags.json !== true),
       },
