@@ -22,12 +22,12 @@ export function editDistance(a: string, b: string, max = 3): number {
 
 /**
  * The candidates closest to `word` (case-insensitive, `_` and `-` alike), within an edit distance
- * of 2 (1 for words of up to 4 letters), best first; at most `most`.
+ * of 2 (1 for words of up to 3 letters), best first; at most `most`.
  */
 export function closest(word: string, candidates: readonly string[], most = 3): string[] {
   const norm = (s: string): string => s.toLowerCase().replace(/_/g, '-');
   const w = norm(word);
-  const limit = w.replace(/^-+/, '').length <= 4 ? 1 : 2;
+  const limit = w.replace(/^-+/, '').length <= 3 ? 1 : 2;
   const scored: Array<{ c: string; d: number }> = [];
   for (const c of candidates) {
     const d = editDistance(w, norm(c), limit);
