@@ -28,9 +28,11 @@ export interface Invocation {
   /** Long flag (canonical, `--dst-checkpoint-dir`) -> how it was typed (`--dst_checkpoint`). */
   readonly typed: ReadonlyMap<string, string>;
   readonly extras: readonly ExtraArg[];
+  /** Whether a bare `--` ended the flags (what follows belongs to another program). */
+  readonly doubleDash: boolean;
 }
 
-let current: Invocation = { command: '', typed: new Map(), extras: [] };
+let current: Invocation = { command: '', typed: new Map(), extras: [], doubleDash: false };
 
 /** The command line being run, as read by `readCommandArgs`. */
 export function invocation(): Invocation {
@@ -87,10 +89,12 @@ export function readCommandArgs(cmd: Command, args: readonly string[]): string[]
   const typed = new Map<string, string>();
   const extras: ExtraArg[] = [];
   const unknown: string[] = [];
+  let doubleDash = false;
   for (let i = 0; i < args.length; i++) {
     const arg = args[i] as string;
     if (arg === '--') {
       out.push(...args.slice(i));
+      doubleDash = true;
       break;
     }
     if (!isOptionLike(arg)) {
@@ -160,6 +164,6 @@ export function readCommandArgs(cmd: Command, args: readonly string[]): string[]
       throw new UsageError(`${typed.get(`--${long.slice(5)}`)} and ${typed.get(long)} contradict each other: give one`);
     }
   }
-  current = { command: cmd.name(), typed, extras };
+  current = { command: cmd.name(), typed, extras, doubleDash };
   return out;
 }

@@ -146,6 +146,7 @@ export function register(program: Command): void {
     const numExperts = intFlag('--num-experts', flags.numExperts, { min: 1, max: 1 << 16 });
     const maxShardSize = sizeFlag('--max-shard-size', flags.maxShardSize);
     const reversed = flags.reversed === true;
+    if (maxShardSize !== undefined && !reversed) throw new UsageError('--max-shard-size applies to --reversed (HF shards); the forward output is one file');
     if (reversed && /\.(bin|pt|pth)$/i.test(outputPath)) {
       throw new UsageError(`--output-path ${outputPath}: msckpt writes HuggingFace safetensors shards (never PyTorch pickles) into a folder; name a folder`);
     }

@@ -8,6 +8,8 @@
  */
 import type { Command } from 'commander';
 import { launch } from '../../launcher/launch.js';
+import { UsageError } from '../../errors.js';
+import { invocation } from '../args.js';
 import { choiceFlag, durationFlag, intFlag, MAX_PROCESSES, sizeFlag } from '../flags.js';
 
 export const order = 90;
@@ -40,6 +42,9 @@ export function register(program: Command): void {
     .option('--safetensors-slicing <mode>', 'load_ckpt_format safetensors with complete weights: convert (slice per rank now) or load-time (leave unified for mindformers)')
     .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
     .action(async (command: string[], flags: LaunchFlags) => {
+      if (!invocation().doubleDash) {
+        throw new UsageError(`put the training command after \`--\` (msckpt launch --config RUN.yaml -- python run_mindformer.py --config {config}), got '${command.join(' ')}'`);
+      }
       const slicing = choiceFlag('--safetensors-slicing', flags.safetensorsSlicing, ['convert', 'load-time'] as const);
       const barrier = durationFlag('--barrier-timeout', flags.barrierTimeout);
       const heartbeat = durationFlag('--heartbeat-timeout', flags.heartbeatTimeout);

@@ -7,7 +7,7 @@
  */
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { UsageError } from '../../errors.js';
 import { mergeLora, resolveLoraScaling, type LoraMergeResult } from '../../lora/index.js';
 import { ckptToSafetensors } from '../../unify/index.js';
@@ -53,7 +53,7 @@ export function register(program: Command): void {
     .option('--src-ckpt-strategy <path>', 'strategy of a distributed source: a file or a folder of per-rank files')
     .option('--dst-ckpt-strategy <path>', 'write one slice per rank of this strategy (file or folder) instead of a complete file')
     .option('--prefix <prefix>', 'output file name prefix (default checkpoint_)')
-    .option('--lora-scaling <value>', 'scaling, positive: a number, or ALPHA/RANK such as 16/8 (no default)')
+    .addOption(new Option('--lora-scaling <value>', 'scaling, positive: a number, or ALPHA/RANK such as 16/8 (no default)').conflicts('adapterConfig'))
     .option('--rslora', 'rsLoRA: scaling = alpha / sqrt(rank)')
     .option('--adapter-config <file>', 'PEFT adapter_config.json to read lora_alpha and r from (when --lora-scaling is absent)')
     .option('--threads <n>', 'threads for the product, main thread included (default: min(2, cores))')
