@@ -8,28 +8,10 @@ import { describe, expect, it } from 'vitest';
 import { transformCheckpoints } from '../../plugin/transform/index.js';
 import { runCli } from '../helpers/cli.js';
 import { describeFixtures, fixture } from '../helpers/fixtures.js';
-import { layout, readCkpt, saveStrategy, withTempDir, writeCkpt, type GenTensor } from '../transform/helpers.js';
+import { layout, llamaTp2Layouts, readCkpt, saveStrategy, withTempDir, writeCkpt, type GenTensor } from '../transform/helpers.js';
 import { LLAMA_CONFIG, llamaHf, makeTensors, writeHfFolder } from '../convert/hf.js';
 import { randomTensor, readCkpt as readLoraCkpt, rng, writeCkpt as writeLoraCkpt } from '../lora/helpers.js';
 
-function llamaLayouts(): ReturnType<typeof layout>[] {
-  const dev = [2];
-  const L = 'model.layers.0.';
-  return [
-    layout('model.tok_embeddings.embedding_weight', dev, [-1, -1]),
-    layout(`${L}ffn_norm.weight`, dev, [-1]),
-    layout(`${L}attention_norm.weight`, dev, [-1]),
-    layout(`${L}attention.wq.weight`, dev, [0, -1]),
-    layout(`${L}attention.wk.weight`, dev, [0, -1]),
-    layout(`${L}attention.wv.weight`, dev, [0, -1]),
-    layout(`${L}attention.wo.weight`, dev, [-1, 0]),
-    layout(`${L}feed_forward.w1.weight`, dev, [0, -1]),
-    layout(`${L}feed_forward.w3.weight`, dev, [0, -1]),
-    layout(`${L}feed_forward.w2.weight`, dev, [-1, 0]),
-    layout('model.norm_out.weight', dev, [-1]),
-    layout('lm_head.weight', dev, [0, -1]),
-  ];
-}
 
 const bytes = (p: string): Promise<Buffer> => readFile(p);
 
@@ -38,7 +20,7 @@ describeFixtures('transform_checkpoint.py and .sh command lines on the real llam
     await withTempDir(async (dir) => {
       const strategyDir = join(dir, 'output', 'strategy');
       await mkdir(strategyDir, { recursive: true });
-      const strategy = await saveStrategy(join(strategyDir, 'ckpt_strategy_rank_0.ckpt'), llamaLayouts());
+      const strategy = await saveStrategy(join(strategyDir, 'ckpt_strategy_rank_0.ckpt'), llamaTp2Layouts());
       const src = fixture('llama2_tiny_tp2');
       // the doc's "4 -> 1" line, with `--dst_checkpoint` (argparse prefix of --dst_checkpoint_dir) and a trailing slash
       const merge = await runCli(['transform', `--src_checkpoint=${src}/`, `--src_strategy=${strategy}`, `--dst_checkpoint=${join(dir, 'to1')}/`]);

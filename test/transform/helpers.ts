@@ -68,3 +68,23 @@ export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T
     await rm(dir, { recursive: true, force: true });
   }
 }
+
+/** The layouts of the real llama2_tiny_tp2 fixture (mp=2; split axes from the fixture README: dim 0 [0,-1], dim 1 [-1,0], the rest replicated). */
+export function llamaTp2Layouts(): ParamLayout[] {
+  const dev = [2];
+  const L = 'model.layers.0.';
+  return [
+    layout('model.tok_embeddings.embedding_weight', dev, [-1, -1]),
+    layout(`${L}ffn_norm.weight`, dev, [-1]),
+    layout(`${L}attention_norm.weight`, dev, [-1]),
+    layout(`${L}attention.wq.weight`, dev, [0, -1]),
+    layout(`${L}attention.wk.weight`, dev, [0, -1]),
+    layout(`${L}attention.wv.weight`, dev, [0, -1]),
+    layout(`${L}attention.wo.weight`, dev, [-1, 0]),
+    layout(`${L}feed_forward.w1.weight`, dev, [0, -1]),
+    layout(`${L}feed_forward.w3.weight`, dev, [0, -1]),
+    layout(`${L}feed_forward.w2.weight`, dev, [-1, 0]),
+    layout('model.norm_out.weight', dev, [-1]),
+    layout('lm_head.weight', dev, [0, -1]),
+  ];
+}

@@ -3,32 +3,13 @@ import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { transformCheckpoints, verifyTransform } from '../../plugin/transform/index.js';
 import { describeFixtures, fixture } from '../helpers/fixtures.js';
-import { layout, readCkpt, saveStrategy, withTempDir } from './helpers.js';
+import { llamaTp2Layouts, readCkpt, saveStrategy, withTempDir } from './helpers.js';
 
-// Split axes from the fixture README: dim-0 splits [0,-1], dim-1 splits [-1,0], the rest replicated.
-function llamaLayouts() {
-  const dev = [2];
-  const L = 'model.layers.0.';
-  return [
-    layout('model.tok_embeddings.embedding_weight', dev, [-1, -1]),
-    layout(`${L}ffn_norm.weight`, dev, [-1]),
-    layout(`${L}attention_norm.weight`, dev, [-1]),
-    layout(`${L}attention.wq.weight`, dev, [0, -1]),
-    layout(`${L}attention.wk.weight`, dev, [0, -1]),
-    layout(`${L}attention.wv.weight`, dev, [0, -1]),
-    layout(`${L}attention.wo.weight`, dev, [-1, 0]),
-    layout(`${L}feed_forward.w1.weight`, dev, [0, -1]),
-    layout(`${L}feed_forward.w3.weight`, dev, [0, -1]),
-    layout(`${L}feed_forward.w2.weight`, dev, [-1, 0]),
-    layout('model.norm_out.weight', dev, [-1]),
-    layout('lm_head.weight', dev, [0, -1]),
-  ];
-}
 
 describeFixtures('real llama2 tp2 fixture', () => {
   it('merges into a complete checkpoint and re-slices to mp=2 byte-identical', async () => {
     await withTempDir(async (dir) => {
-      const strategy = await saveStrategy(join(dir, 'tp2.ckpt'), llamaLayouts());
+      const strategy = await saveStrategy(join(dir, 'tp2.ckpt'), llamaTp2Layouts());
       const src = fixture('llama2_tiny_tp2');
       const merged = join(dir, 'merged');
       const r1 = await transformCheckpoints({ srcCheckpoint: src, srcStrategy: strategy, dstDir: merged, progress: false });

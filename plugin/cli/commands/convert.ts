@@ -123,6 +123,7 @@ export function register(program: Command): void {
     const refused: string[] = [];
     for (const e of invocation().extras) {
       if (accepted.has(e.key)) extras[e.key] = e.value ?? true;
+      else if (e.key === 'is_lora' && e.value !== undefined && boolFlag(e.typed, e.value) === false) continue; // the tool's default: nothing to do
       else refused.push(e.typed);
     }
     if (refused.length > 0) {
