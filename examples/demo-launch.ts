@@ -40,7 +40,7 @@ export async function demoLaunch(): Promise<boolean> {
         '  micro_batch_num: 2',
         'msckpt:',
         '  shared_disk: True                     # both "nodes" share this folder',
-        '  poll_interval: 200',
+        '  poll_interval: 200ms',
         '',
       ].join('\n'),
     );

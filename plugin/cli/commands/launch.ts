@@ -1,12 +1,13 @@
 /**
  * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout S] [--heartbeat-timeout S]
  * [--poll-interval MS] [--shared-disk | --no-shared-disk] [--local-worker-num N] [--memory SIZE]
- * [--safetensors-slicing convert|load-time]
+ * [--safetensors-slicing convert|load-time] [--mindformers-version V]
  * -- <training command ...>`:
  * the hook every rank msrun starts runs; `{config}` in the command becomes the YAML to read.
  */
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
+import { releaseOf } from '../../launcher/config.js';
 import { launch } from '../../launcher/launch.js';
 import { parseMemorySize } from '../../transform/transform.js';
 
@@ -22,6 +23,7 @@ interface LaunchFlags {
   localWorkerNum?: string;
   memory?: string;
   safetensorsSlicing?: string;
+  mindformersVersion?: string;
 }
 
 function positive(v: string | undefined, flag: string, integer: boolean): number | undefined {
@@ -47,13 +49,19 @@ export function register(program: Command): void {
     .option('--local-worker-num <n>', "workers per node, when msrun's environment cannot tell")
     .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (default 512M)')
     .option('--safetensors-slicing <mode>', 'load_ckpt_format safetensors with complete weights: convert (slice per rank now) or load-time (leave unified for mindformers)')
+    .option('--mindformers-version <version>', "the installed mindformers release whose rules apply, e.g. 1.5.0 (default: the YAML's msckpt.mindformers_version, else found from the training command's Python)")
     .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
     .action(async (command: string[], flags: LaunchFlags) => {
       const slicing = flags.safetensorsSlicing;
       if (slicing !== undefined && slicing !== 'convert' && slicing !== 'load-time') {
         throw new InputError(`--safetensors-slicing must be 'convert' or 'load-time', got '${slicing}'`);
       }
+      const version = flags.mindformersVersion;
+      if (version !== undefined && releaseOf(version) === undefined) {
+        throw new InputError(`--mindformers-version must be a version such as 1.5.0, got '${version}'`);
+      }
       const code = await launch({
+        ...(version !== undefined ? { mindformersVersion: version } : {}),
         config: flags.config,
         command,
         ...(flags.dstStrategy !== undefined ? { dstStrategy: flags.dstStrategy } : {}),

@@ -437,7 +437,20 @@ export function loadYamlWithPositions(text: string, filename: string): LocatedYa
     throw new YamlSyntaxError(why, at(n));
   };
 
-  const build = (n: PNode, path: string): PyValue => {
+  // js-yaml reads some nodes twice, as a would-be mapping key first (a plain scalar in a block
+  // sequence, a flow mapping): the outer node then wraps one inner node with the same result, and
+  // the inner one holds the tag it resolved and the children
+  const unwrap = (n0: PNode): PNode => {
+    let n = n0;
+    while (n.children.length === 1 && n.children[0]!.result === n.result && n.children[0]!.kind === n.kind) {
+      const inner = n.children[0]!;
+      n = n.tag !== null && inner.tag === null ? { ...inner, tag: n.tag } : inner;
+    }
+    return n;
+  };
+
+  const build = (n0: PNode, path: string): PyValue => {
+    const n = unwrap(n0);
     let model: PyValue;
     if (n.kind === 'mapping' && n.tag === `${T}set`) {
       model = new PySet(pairsOf(n, path).map(([k]) => k));
@@ -466,10 +479,7 @@ export function loadYamlWithPositions(text: string, filename: string): LocatedYa
   };
 
   const scalarModel = (n0: PNode): PyValue => {
-    // js-yaml reads a plain scalar in a block sequence first as a would-be mapping key: the tag
-    // it resolved is on that inner node
-    let n = n0;
-    while (n.tag === null && n.children.length === 1 && n.children[0]!.result === n.result) n = n.children[0]!;
+    const n = unwrap(n0);
     const r = n.result;
     if (r === VALUE_SENTINEL) fail(n, "could not determine a constructor for the tag 'tag:yaml.org,2002:value' (a bare '=')");
     if (n.tag === MERGE_TAG) fail(n, "could not determine a constructor for the tag 'tag:yaml.org,2002:merge' (a '<<' that is not a key)");
@@ -489,7 +499,7 @@ export function loadYamlWithPositions(text: string, filename: string): LocatedYa
     for (const t of [PY_BOOL, PY_FLOAT, PY_INT, PY_MERGE, PY_NULL, PY_TIMESTAMP, PY_VALUE]) {
       if (t.resolve(s)) {
         const v = t.construct(s) as PyValue | typeof VALUE_SENTINEL;
-        if (v === VALUE_SENTINEL || t === PY_MERGE) fail(n, `could not determine a constructor for the tag '${t.tag}'`);
+        if (v === VALUE_SENTINEL || t === PY_MERGE) fail(n, `could not determine a constructor for the tag '${(t as unknown as { tag: string }).tag}'`);
         return v as PyValue;
       }
     }
@@ -557,9 +567,10 @@ export function loadYamlWithPositions(text: string, filename: string): LocatedYa
       if (err instanceof PyYamlValueError) throw new YamlSyntaxError(err.message, at(root));
       throw err;
     }
-    if (root.kind === 'mapping') {
-      for (let i = 0; i + 1 < root.children.length; i += 2) {
-        const k = root.children[i]!;
+    const top = unwrap(root);
+    if (top.kind === 'mapping') {
+      for (let i = 0; i + 1 < top.children.length; i += 2) {
+        const k = top.children[i]!;
         if (k.tag === MERGE_TAG) continue;
         topLevel.push({ key: k.result === VALUE_SENTINEL ? '=' : pyStr(scalarModel(k)), line0: k.line, column0: k.pos - k.lineStart });
       }

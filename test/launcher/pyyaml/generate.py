@@ -84,6 +84,8 @@ CASES = [
     # structure
     ('flow collections', 'a: {x: 1, y: [1, 2.0, "3"]}\nb: [yes, no, ~, 0o7, 07]\n'),
     ('sequence of scalars', 'a:\n- yes\n- ! "no"\n- 017\n- 1e-5\n- 1.0e-5\n- ~\n- 2001-12-14\n- 1:30\n- ! 0x1f\nb: [on, ! off, =x]\n'),
+    ('top-level flow mapping', '{a: yes, b: 1e-5, c: [on, 017], d: {e: ~}}\n'),
+    ('flow mappings in a sequence', '- {a: 1.0}\n- [off, {b: 0x1f}]\n- ! {c: d}\n'),
     ('top-level sequence', '- on\n- 0o7\n- 07\n'),
     ('nested list of maps', 'a:\n  - x: 1\n    y: off\n  - z\n'),
     ('document marker', '---\na: 1\n...\n'),
