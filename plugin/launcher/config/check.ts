@@ -11,7 +11,7 @@ import { InputError } from '../../errors.js';
 import { jobPaths } from '../paths.js';
 import { loadYamlWithPositions, PyDict, YamlSyntaxError, type LocatedYaml, type PyValue } from './pyyaml.js';
 import { chooseRelease, releaseOf } from './releases.js';
-import { applyRules, launchMode, ProblemLog, settledLoadCheckpoint } from './rules.js';
+import { applyRules, hasSafetensors, launchMode, ProblemLog, settledLoadCheckpoint } from './rules.js';
 import { MAX_YAML_BYTES, readRunConfig, schemaFindings, versionText } from './schema.js';
 import { RunConfigError, type ConfigProblem, type LoadRunConfigOptions, type RunConfig, type RunConfigReport } from './types.js';
 
@@ -147,8 +147,8 @@ export async function checkRunConfigText(file: string, text: string, options: Lo
   // typed view
   const rules = release.rules;
   const typed = readRunConfig(effective, rules);
-  const settled = settledLoadCheckpoint(effective, rules);
   const baseDir = resolve(options.cwd ?? process.cwd());
+  const settled = settledLoadCheckpoint(effective, rules, (options.checkFiles ?? true) ? (d) => hasSafetensors(resolve(baseDir, d)) : undefined);
   const decided = launchMode(typed, rules);
   const worldSize = options.worldSize;
   const product = typed.parallelConfig.dataParallel * typed.parallelConfig.modelParallel * typed.parallelConfig.contextParallel * typed.parallelConfig.pipelineStage;

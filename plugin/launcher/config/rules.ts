@@ -93,13 +93,22 @@ export function launchMode(
 // load_checkpoint as mindformers settles it
 
 /**
- * The checkpoint mindformers loads: load_checkpoint, or model.model_config.checkpoint_name_or_path
- * where mindformers falls back to it (eval/predict with a null load_checkpoint, or an absent one
- * in r1.3.0 which has no template filling in '').
+ * The checkpoint mindformers loads: load_checkpoint; else (r1.6.0+) pretrained_model_dir when it
+ * holds *.safetensors (`hasSafetensors` undefined: files not looked at, taken as holding them);
+ * else model.model_config.checkpoint_name_or_path where mindformers falls back to it
+ * (eval/predict with a null load_checkpoint, or an absent one in r1.3.0, which fills no defaults).
  */
-export function settledLoadCheckpoint(doc: Record<string, unknown>, rules: ReleaseRules): { value: string; from: 'load_checkpoint' | 'checkpoint_name_or_path' } {
+export function settledLoadCheckpoint(
+  doc: Record<string, unknown>,
+  rules: ReleaseRules,
+  hasSafetensors?: (dir: string) => boolean,
+): { value: string; from: RunConfig['loadCheckpointFrom'] } {
   const lc = doc['load_checkpoint'];
   if (typeof lc === 'string' && lc !== '') return { value: lc, from: 'load_checkpoint' };
+  const pretrained = doc['pretrained_model_dir'];
+  if (rules.pretrainedModelDir && typeof pretrained === 'string' && pretrained !== '' && (hasSafetensors === undefined || hasSafetensors(pretrained))) {
+    return { value: pretrained, from: 'pretrained_model_dir' };
+  }
   const runMode = doc['run_mode'];
   const cnp = objectAt(objectAt(doc, 'model'), 'model_config')['checkpoint_name_or_path'];
   const evalOrPredict = runMode === 'eval' || runMode === 'predict';
@@ -253,18 +262,22 @@ export async function applyRules(cfg: RunConfig, doc: Record<string, unknown>, l
 
   // ---- the checkpoint to load
   const resumeOn = (typeof rt === 'boolean' || typeof rt === 'string') && pyTruthy(rt);
-  if ((cfg.autoTransCkpt || resumeOn) && cfg.loadCheckpoint === '') {
+  const settledBy = (r: ReleaseRules): string =>
+    settledLoadCheckpoint(doc, r, opts.checkFiles ? (d) => hasSafetensors(resolve(cfg.baseDir, d)) : undefined).value;
+  if ((cfg.autoTransCkpt || resumeOn) && cfg.release.candidates.some((r) => settledBy(r) === '')) {
     const which = cfg.autoTransCkpt ? 'auto_trans_ckpt' : 'resume_training';
     const key = doc['load_checkpoint'] !== undefined ? 'load_checkpoint' : which;
-    const pretrained = typeof doc['pretrained_model_dir'] === 'string' && doc['pretrained_model_dir'] !== '' ? resolve(cfg.baseDir, doc['pretrained_model_dir']) : undefined;
-    const pretrainedOk = pretrained !== undefined && (!opts.checkFiles || hasSafetensors(pretrained));
     log.refusal(key, (r) => {
+      if (settledBy(r) !== '') return undefined;
       if (!cfg.autoTransCkpt && r.resumeWithoutCheckpointWarns && doc['resume_training'] === true) return undefined;
-      if (r.pretrainedModelDir && pretrainedOk) return undefined;
       return `must not be empty when ${which} is True (or give the checkpoint to the training command: run_mindformer.py --load_checkpoint PATH)`;
     });
     if (!cfg.autoTransCkpt && doc['resume_training'] === true) {
-      log.refusal(key, (r) => (r.resumeWithoutCheckpointWarns ? 'is empty while resume_training is True: mindformers turns resume_training off and starts from random weights' : undefined), false);
+      log.refusal(
+        key,
+        (r) => (r.resumeWithoutCheckpointWarns && settledBy(r) === '' ? 'is empty while resume_training is True: mindformers turns resume_training off and starts from random weights' : undefined),
+        false,
+      );
     }
   }
   const fmt = doc['load_ckpt_format'];
@@ -350,7 +363,7 @@ export async function applyRules(cfg: RunConfig, doc: Record<string, unknown>, l
   if (working) await emptiedOutputRules(cfg, log, opts.checkFiles);
 }
 
-function hasSafetensors(dir: string): boolean {
+export function hasSafetensors(dir: string): boolean {
   try {
     return statSync(dir).isDirectory() && readdirSync(dir).some((n) => n.endsWith('.safetensors'));
   } catch {

@@ -70,7 +70,7 @@ export interface RunConfigSummary {
 
 function describeSource(cfg: RunConfig): string {
   if (cfg.loadCheckpoint === '') return 'none (load_checkpoint is empty)';
-  const from = cfg.loadCheckpointFrom === 'checkpoint_name_or_path' ? ' (from model.model_config.checkpoint_name_or_path)' : '';
+  const from = cfg.loadCheckpointFrom === 'load_checkpoint' ? '' : ` (from ${cfg.loadCheckpointFrom === 'pretrained_model_dir' ? 'pretrained_model_dir' : 'model.model_config.checkpoint_name_or_path'})`;
   const s = cfg.source;
   if (s === undefined) return `'${cfg.loadCheckpoint}'${from} (not inspected)`;
   switch (s.kind) {

@@ -137,8 +137,8 @@ export interface RunConfig {
   deviceCount: number | undefined;
   /** Where deviceCount came from. */
   deviceCountFrom: 'world-size' | 'layout' | undefined;
-  /** Where load_checkpoint came from (model.model_config.checkpoint_name_or_path where mindformers falls back to it). */
-  loadCheckpointFrom: 'load_checkpoint' | 'checkpoint_name_or_path';
+  /** Where load_checkpoint came from (pretrained_model_dir or model.model_config.checkpoint_name_or_path where mindformers falls back to them). */
+  loadCheckpointFrom: 'load_checkpoint' | 'pretrained_model_dir' | 'checkpoint_name_or_path';
   /** The strategy of a sliced source as the release's flow finds it (when files were inspected). */
   srcStrategy: { path: string; from: 'src_strategy_path_or_dir' | 'fallback' } | undefined;
   /** What load_checkpoint holds (when files were inspected and it is set). */
