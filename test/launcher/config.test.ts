@@ -129,6 +129,15 @@ describe('loadRunConfig: good configs', () => {
     expect(converterRanks(4, 8).map((c) => c.rank)).toEqual([0, 1, 2, 3]);
   });
 
+  it('the summary\'s derived load_checkpoint is launch\'s: an HF-index folder is one source named after the folder', async () => {
+    await mkdir(join(dir, 'hfdir'), { recursive: true });
+    for (const f of ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']) await writeFile(join(dir, 'hfdir', f), 'x');
+    const cfg = await loadRunConfig(await writeYaml(`${GOOD.replace("'./ck/mp2'", "'./hfdir'")}load_ckpt_format: safetensors\n`), { cwd: dir, worldSize: 8 });
+    const names = (await launchSources(cfg)).map((x) => x.name);
+    expect(names).toEqual(['hfdir']);
+    expect(summarizeRunConfig(cfg, names).derived['load_checkpoint']).toBe(join(dir, 'output/transformed_checkpoint/hfdir'));
+  });
+
   it('without a world size takes the device count from dp*mp*cp*pp', async () => {
     const cfg = await loadRunConfig(await writeYaml(GOOD), { cwd: dir });
     expect(cfg.deviceCount).toBe(8);
@@ -524,7 +533,7 @@ describe('msckpt validate (CLI)', () => {
     expect(r.stdout).toContain(`OK ${p}`);
     expect(r.stdout).toContain('automatic conversion');
     expect(r.stdout).toContain('rank 0 -> slices 0..3; rank 4 -> slices 4..7');
-    expect(r.stdout).toContain('mindformers: mindformers version unknown: refusing only what every release from r1.3.0 to r1.8.0 refuses');
+    expect(r.stdout).toContain('rules:     mindformers version unknown: refusing only what every release from r1.3.0 to r1.8.0 refuses');
     expect(r.stdout).toContain(`derived:   load_checkpoint: "${join(dir, 'output/transformed_checkpoint/mp2')}", auto_trans_ckpt: false`);
   });
 

@@ -6,6 +6,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkRunConfig, runConfigSchemaPath, summarizeRunConfig } from '../../plugin/launcher/index.js';
 import { repoRoot } from '../helpers/fixtures.js';
+import { runCli } from '../helpers/cli.js';
 
 const examplesDir = join(repoRoot, 'examples');
 
@@ -80,6 +81,23 @@ describe('examples/', () => {
       if (name === 'safetensors.yaml') expect(r.config!.loadCkptFormat).toBe('safetensors');
     });
   }
+});
+
+describe('examples/README.md', () => {
+  it('its validate commands run as written from the root of a clone', async () => {
+    const text = await readFile(join(examplesDir, 'README.md'), 'utf8');
+    const commands = text.split('\n').filter((l) => l.startsWith('npx msckpt validate '));
+    expect(commands.length).toBeGreaterThan(0);
+    for (const c of commands) {
+      const args = c.replace(/^npx msckpt /, '').split(/\s+/);
+      for (const a of args) if (a.startsWith('examples/')) expect(existsSync(join(repoRoot, a)), a).toBe(true);
+      const r = await runCli(args, { cwd: repoRoot });
+      expect(r.exitCode, `${c}\n${r.stderr}`).toBe(0);
+      expect(r.stdout).toContain('OK examples/');
+    }
+    // the launch example names files of this clone
+    for (const m of text.matchAll(/\$MSCKPT_HOME\/([\w./-]+)/g)) expect(existsSync(join(repoRoot, m[1]!)), m[1]).toBe(true);
+  });
 });
 
 /** A broken variant of an example: the expected error's key, where it is, and a bit of its message. */

@@ -81,7 +81,7 @@ export function register(program: Command): void {
           process.stderr.write(`${report.errors.length} problem${report.errors.length === 1 ? '' : 's'} in ${file}\n`);
         } else if (summary !== null) {
           const lines = [`OK ${file}`];
-          lines.push(`  mindformers: ${summary.release}`);
+          lines.push(`  rules:     ${summary.release}`);
           lines.push(`  mode:      ${MODE_TEXT[summary.mode]}`);
           lines.push(`  why:       ${summary.reason}`);
           lines.push(`  devices:   ${summary.deviceCount ?? 'unknown (pass --world-size)'}`);
