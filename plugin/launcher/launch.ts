@@ -1,7 +1,10 @@
 /**
  * `msckpt launch`: the step sequence of a job start, run by every rank msrun starts.
  *
- * 1. Without auto_trans_ckpt and only_save_strategy: validate, start the command unchanged.
+ * 1. Nothing to do (no auto_trans_ckpt, no only_save_strategy): the command starts at once on the
+ *    user's YAML, nothing read beyond it; STAND_ALONE/MANUAL_PARALLEL safetensors inference is
+ *    handed over the same way (mindformers slices while loading). Otherwise the YAML is judged
+ *    with the files, and (release unknown) one rank finds the installed mindformers and shares it.
  * 2. Clean: one rank per coordination group (global rank 0 on a shared disk; each node's first
  *    local rank without one) removes what msckpt or a strategy pass wrote under
  *    output/strategy and output/transformed_checkpoint, then the group's generation opens.
