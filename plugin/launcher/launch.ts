@@ -700,7 +700,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       tell(again, false);
       stage = 'clean';
     }
-    if (id.rank === 0) log(`mindformers: ${cfg.release.description}`);
+    if (id.rank === 0) log(cfg.release.description);
 
     // 2. clean
     if (id.rank === leader) {
