@@ -16,6 +16,7 @@ import { checkRunConfig, deriveYamlText, loadPyYaml, type RunConfigReport } from
 import { launch } from '../../plugin/launcher/launch.js';
 import { writeUnifiedSafetensors } from '../fixtures/model.js';
 import { describeMindformersConfigs, mindformersConfigsDir } from '../helpers/fixtures.js';
+import { pythonWithPyYaml } from '../helpers/python.js';
 
 /** Shipped files mindformers itself refuses at start-up (run as shipped: `run_mindformer.py --config FILE`). */
 const REFUSED_BY_MINDFORMERS: Record<string, string> = Object.fromEntries(
@@ -49,16 +50,6 @@ function yamlFiles(dir: string): string[] {
   return out;
 }
 
-/** python3 with PyYAML (CI has it), else null with a notice. */
-function python(): string | null {
-  try {
-    execFileSync('python3', ['-c', 'import yaml'], { stdio: 'ignore', timeout: 20_000 });
-    return 'python3';
-  } catch {
-    process.stderr.write('\n*** NOTICE: python3 with PyYAML not found; the PyYAML reading of the YAML launch hands on is NOT checked ***\n\n');
-    return null;
-  }
-}
 
 /** PyYAML's verdict: for each pair, does the second file read exactly as the first? */
 function sameForPyYaml(py: string, pairs: Array<[string, string]>): Array<[string, string]> {
@@ -147,7 +138,7 @@ describeMindformersConfigs('the run YAMLs mindformers ships (r1.3.0, r1.5.0)', (
     expect(received).toEqual(originals);
     // nothing was written beside the job: no coordination, no derived YAML
     expect(existsSync(join(cwd, 'output'))).toBe(false);
-    const py = python();
+    const py = pythonWithPyYaml();
     if (py !== null) expect(sameForPyYaml(py, originals.map((o, k) => [o, received[k]!]))).toEqual([]);
     // and msckpt's own reading agrees with itself
     for (let k = 0; k < originals.length; k += 37) {

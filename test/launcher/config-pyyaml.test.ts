@@ -12,6 +12,7 @@ import {
   yamlValue, YamlSyntaxError, type PyValue,
 } from '../../plugin/launcher/config/index.js';
 import { repoRoot } from '../helpers/fixtures.js';
+import { pythonWithPyYaml } from '../helpers/python.js';
 
 interface Case {
   name: string;
@@ -54,16 +55,6 @@ function isError(v: unknown): boolean {
   return v !== null && typeof v === 'object' && !Array.isArray(v) && '$error' in (v as object);
 }
 
-/** python3 with PyYAML, or null (the PyYAML re-reading is then skipped with a notice). */
-function pythonWithPyYaml(): string | null {
-  try {
-    execFileSync('python3', ['-c', 'import yaml'], { stdio: 'ignore', timeout: 20_000 });
-    return 'python3';
-  } catch {
-    process.stderr.write('\n*** NOTICE: python3 with PyYAML not found; derived YAMLs are checked with msckpt\'s reader only ***\n\n');
-    return null;
-  }
-}
 
 describe(`PyYAML ${table.pyyaml} table (${table.cases.length} documents)`, () => {
   it('is generated, covers the resolvers, and has refusals', () => {
