@@ -2,7 +2,6 @@
 export * from './config.js';
 export * from './paths.js';
 export * from './identity.js';
-export { loadYamlWithPositions, YamlSyntaxError, type LocatedYaml, type SourcePosition } from './yaml-positions.js';
 // The launcher hook (engineer "launch").
 export { launch, assignConverters, cleanJobOutputs, planIsIdentity, substituteConfig, type LaunchOptions, type ConverterAssignment, type CleanReport } from './launch.js';
 export { launchSources, safetensorsSlicingOf, type SafetensorsSlicing } from './launch.js';

@@ -1,7 +1,10 @@
 /**
  * `msckpt launch`: the step sequence of a job start, run by every rank msrun starts.
  *
- * 1. Without auto_trans_ckpt and only_save_strategy: validate, start the command unchanged.
+ * 1. Nothing to do (no auto_trans_ckpt, no only_save_strategy): the command starts at once on the
+ *    user's YAML, nothing read beyond it; STAND_ALONE/MANUAL_PARALLEL safetensors inference is
+ *    handed over the same way (mindformers slices while loading). Otherwise the YAML is judged
+ *    with the files, and (release unknown) one rank finds the installed mindformers and shares it.
  * 2. Clean: one rank per coordination group (global rank 0 on a shared disk; each node's first
  *    local rank without one) removes what msckpt or a strategy pass wrote under
  *    output/strategy and output/transformed_checkpoint, then the group's generation opens.
@@ -45,7 +48,10 @@ import {
   TransformBuffers, transformGroupBufferSizes, transformGroupSize,
 } from '../transform/execute.js';
 import type { TensorSink } from '../formats/types.js';
-import { checkRunConfig, loadRunConfig, deriveRunConfig, transformedNames, type RunConfig } from './config.js';
+import {
+  assignConverters, checkRunConfig, commandOverrides, convertedLoadPath, deriveRunConfig, detectMindformersVersion, formatConfigProblem,
+  rewriteCommand, RunConfigError, transformedNames, type ConverterAssignment, type FoundVersion, type RunConfig, type RunConfigReport,
+} from './config.js';
 import { MSRUN_VARS, rankIdentity, type RankIdentity } from './identity.js';
 
 export interface LaunchOptions {
@@ -77,6 +83,12 @@ export interface LaunchOptions {
    * while loading (default: the YAML's `msckpt.safetensors_slicing`, else `convert`).
    */
   readonly safetensorsSlicing?: SafetensorsSlicing;
+  /**
+   * The installed mindformers version whose rules apply (`1.5.0`); default: the YAML's
+   * msckpt.mindformers_version, else found from the training command's Python when msckpt has
+   * work to do.
+   */
+  readonly mindformersVersion?: string;
   /** Where progress lines go (default: stderr, prefixed with the rank). */
   readonly log?: (line: string) => void;
 }
@@ -84,30 +96,7 @@ export interface LaunchOptions {
 /** How a job with `load_ckpt_format: safetensors` gets its slices (see LaunchOptions). */
 export type SafetensorsSlicing = 'convert' | 'load-time';
 
-/** One converter and the destination slices it writes. */
-export interface ConverterAssignment {
-  readonly rank: number;
-  readonly slices: readonly number[];
-}
-
-/**
- * Converters of a group (spec: ranks 0, W/K, 2W/K, ... convert [r, r + W/K)), restricted to the
- * group's ranks: without a shared disk a block that starts on another node is converted by the
- * first rank of this node inside it, so every node writes only its own ranks.
- */
-export function assignConverters(worldSize: number, transformProcessNum: number, groupRanks: readonly number[]): ConverterAssignment[] {
-  const k = Math.min(Math.max(1, transformProcessNum), worldSize);
-  if (worldSize % k !== 0) throw new InputError(`transform_process_num ${k} does not divide the device count ${worldSize}`);
-  const step = worldSize / k;
-  const inGroup = new Set(groupRanks);
-  const out: ConverterAssignment[] = [];
-  for (let b = 0; b < worldSize; b += step) {
-    const slices: number[] = [];
-    for (let r = b; r < b + step; r++) if (inGroup.has(r)) slices.push(r);
-    if (slices.length > 0) out.push({ rank: slices[0] as number, slices });
-  }
-  return out;
-}
+export { assignConverters, type ConverterAssignment } from './config.js';
 
 /** What one source `<name>` needs, decided by the checking rank. */
 interface NameCheck {
@@ -138,6 +127,17 @@ function defaultLog(rank: string): (line: string) => void {
 export function substituteConfig(command: readonly string[], configPath: string): string[] {
   return command.map((a) => a.split('{config}').join(configPath));
 }
+
+/**
+ * The command for a derived YAML: `{config}` replaced, and run_mindformer.py flags that set one
+ * of the derived keys (`--load_checkpoint`, `--auto_trans_ckpt`, ...) given the derived value.
+ */
+export function derivedCommand(command: readonly string[], configPath: string, overrides: Readonly<Record<string, unknown>>): string[] {
+  return substituteConfig(rewriteCommand(command, overrides), configPath);
+}
+
+/** Keys a strategy-only pass changes. */
+const STRATEGY_PASS_OVERRIDES = { only_save_strategy: true, auto_trans_ckpt: false } as const;
 
 function signalNumber(sig: string | undefined): number {
   if (sig === undefined) return 1;
@@ -385,10 +385,11 @@ async function strategyStep(ctx: Ctx, coord: Coordinator, dstOverride: string | 
     log(`destination strategy: ${p} (given)`);
     return p;
   }
-  const yamlPath = await writeDerived(ctx, 'strategy_pass', { only_save_strategy: true, auto_trans_ckpt: false });
+  const yamlPath = await writeDerived(ctx, 'strategy_pass', STRATEGY_PASS_OVERRIDES);
   const mine = cfg.paths.strategyFile(id.rank);
-  if (id.rank === coord.leader) log(`strategy-only pass: ${substituteConfig(ctx.command, yamlPath).join(' ')}`);
-  const r = await runCommand(substituteConfig(ctx.command, yamlPath), { cwd: ctx.cwd, env: childEnv(ctx), captureTail: true });
+  const passCommand = derivedCommand(ctx.command, yamlPath, STRATEGY_PASS_OVERRIDES);
+  if (id.rank === coord.leader) log(`strategy-only pass: ${passCommand.join(' ')}`);
+  const r = await runCommand(passCommand, { cwd: ctx.cwd, env: childEnv(ctx), captureTail: true });
   if (r.code !== 0) {
     throw new FailureError(`the strategy-only pass exited with code ${r.code}${r.tail !== '' ? `: ${r.tail.split('\n').slice(-3).join(' | ')}` : ''}`);
   }
@@ -543,7 +544,7 @@ export function safetensorsSlicingOf(cfg: RunConfig): SafetensorsSlicing {
  * `load_ckpt_format: safetensors` and `auto_trans_ckpt: True` so that mindformers slices them
  * while loading (load_distributed_checkpoint with unified_safetensors_dir).
  */
-async function loadTimeYaml(cfg: RunConfig, rank: number, log: (line: string) => void): Promise<string> {
+async function loadTimeYaml(cfg: RunConfig, rank: number, log: (line: string) => void): Promise<{ path: string; overrides: Record<string, unknown> }> {
   const sources = await launchSources(cfg);
   const src = sources[0] as { name: string; path: string };
   const opened = await openWeightsFile(src.path);
@@ -553,18 +554,18 @@ async function loadTimeYaml(cfg: RunConfig, rank: number, log: (line: string) =>
   if (rank === 0) log(`load-time slicing (msckpt.safetensors_slicing: load-time): ${loadPath} (${tensors} tensors) is left unified; mindformers slices it while loading`);
   const path = cfg.paths.derivedConfig(`train_rank_${rank}`);
   await mkdir(cfg.paths.msckptDir, { recursive: true });
-  await writeFileAtomic(path, deriveRunConfig(cfg, { load_checkpoint: loadPath, load_ckpt_format: 'safetensors', auto_trans_ckpt: true }));
-  return path;
+  const overrides = { load_checkpoint: loadPath, load_ckpt_format: 'safetensors', auto_trans_ckpt: true };
+  await writeFileAtomic(path, deriveRunConfig(cfg, overrides));
+  return { path, overrides };
 }
 
 /**
  * Started outside msrun (none of its variables set) on a YAML whose conversion needs several
  * devices: say so, instead of a device-count complaint about a world of one.
  */
-async function refuseWithoutMsrun(config: string, cwd: string): Promise<void> {
-  const peek = (await checkRunConfig(config, { cwd, checkFiles: false })).config;
-  if (peek === null || !(peek.autoTransCkpt || peek.onlySaveStrategy)) return;
-  const devices = peek.deviceCount ?? 1;
+function refuseWithoutMsrun(config: string, cfg: RunConfig): void {
+  const pc = cfg.parallelConfig;
+  const devices = cfg.useParallel ? pc.dataParallel * pc.modelParallel * pc.contextParallel * pc.pipelineStage : 1;
   if (devices <= 1) return;
   throw new InputError(
     `no msrun environment found (none of ${MSRUN_VARS.join(', ')} is set), but ${config} describes ${devices} devices; ` +
@@ -586,29 +587,57 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     // msrun's scheduler runs the same command; it takes no part in the weights
     return (await runCommand(substituteConfig(opts.command, resolve(cwd, opts.config)), { cwd, env })).code;
   }
-  if (first.standalone) await refuseWithoutMsrun(opts.config, cwd);
-  const cfg = await loadRunConfig(opts.config, { worldSize: first.worldSize, cwd });
+  // the configuration mindformers will run: the YAML with the training command's overrides
+  const fromCommand = commandOverrides(opts.command);
+  const flagVersion = opts.mindformersVersion !== undefined ? { version: opts.mindformersVersion, from: 'flag' as const } : undefined;
+  const judge = (checkFiles: boolean, detected?: FoundVersion): Promise<RunConfigReport> =>
+    checkRunConfig(opts.config, {
+      worldSize: first.worldSize, cwd, checkFiles, env, commandOverrides: fromCommand.overrides,
+      mindformersVersion: flagVersion ?? (detected !== undefined ? { version: detected.version, from: 'detected', detail: detected.detail } : undefined),
+    });
+  // first nothing beyond the YAML: with nothing to do, the command runs on the user's file at once
+  const early = await judge(false);
+  if (early.config === null) throw new RunConfigError(early.file, early.errors);
+  let cfg = early.config;
+  const log0 = opts.log ?? defaultLog(`rank ${first.rank}`);
+  const tell = (report: RunConfigReport, asWarnings: boolean): void => {
+    if (first.rank !== 0) return; // once per job
+    for (const n of fromCommand.notes) log0(`warning: ${n}`);
+    for (const e of asWarnings ? report.errors : []) log0(`warning: ${formatConfigProblem(opts.config, e)} (mindformers will stop on this)`);
+    for (const w of report.warnings) log0(`warning: ${formatConfigProblem(opts.config, w)}`);
+  };
+  if (cfg.mode === 'passthrough' || cfg.mode === 'handover') {
+    tell(early, true);
+    if (cfg.mode === 'handover' && first.rank === 0) log0(`handing over to mindformers: ${cfg.modeReason}`);
+    return (await runCommand(substituteConfig(opts.command, cfg.file), { cwd, env })).code;
+  }
+  if (first.standalone) refuseWithoutMsrun(opts.config, cfg);
+  if (!early.ok) throw new RunConfigError(early.file, early.errors);
+  const full = await judge(true);
+  if (!full.ok || full.config === null) throw new RunConfigError(full.file, full.errors);
+  cfg = full.config;
   // again with npu_num_per_node, so every rank derives the same node size
   const id = rankIdentity(env, { localWorkerNum: opts.localWorkerNum, npuNumPerNode: cfg.npuNumPerNode });
   const log = opts.log ?? defaultLog(`rank ${id.rank}`);
-  if (!cfg.autoTransCkpt && !cfg.onlySaveStrategy) {
-    return (await runCommand(substituteConfig(opts.command, cfg.file), { cwd, env })).code;
-  }
   const slicing = opts.safetensorsSlicing ?? safetensorsSlicingOf(cfg);
   if (cfg.loadCkptFormat === 'safetensors' && slicing === 'load-time' && cfg.useParallel && !cfg.onlySaveStrategy) {
     if (cfg.source?.kind !== 'rank-dir') {
-      const yamlPath = await loadTimeYaml(cfg, id.rank, log);
-      return (await runCommand(substituteConfig(opts.command, yamlPath), { cwd, env: { ...env, MSCKPT_RANK: String(id.rank), MSCKPT_WORLD_SIZE: String(id.worldSize) } })).code;
+      tell(full, false);
+      const lt = await loadTimeYaml(cfg, id.rank, log);
+      return (await runCommand(derivedCommand(opts.command, lt.path, lt.overrides), { cwd, env: { ...env, MSCKPT_RANK: String(id.rank), MSCKPT_WORLD_SIZE: String(id.worldSize) } })).code;
     }
     if (id.rank === 0 || id.localRank === 0) {
       log('safetensors_slicing: load-time applies to complete weights; distributed rank folders are re-sharded per rank as usual');
     }
   }
+  const versionKnown = cfg.release.from !== 'unknown';
+  if (versionKnown) tell(full, false);
 
   const settings = cfg.msckpt;
   const barrierMs = opts.barrierTimeoutMs ?? settings.barrierTimeout * 1000;
   const heartbeatMs = opts.heartbeatTimeoutMs ?? settings.heartbeatTimeout * 1000;
-  const pollInterval = opts.pollIntervalMs ?? settings.pollInterval;
+  // msckpt.poll_interval is in seconds (units.ts), the option in milliseconds
+  const pollInterval = opts.pollIntervalMs ?? (settings.pollInterval !== undefined ? Math.max(1, Math.round(settings.pollInterval * 1000)) : undefined);
   const dstOverride = opts.dstStrategy ?? settings.dstStrategy;
   const memory = opts.memory ?? DEFAULT_MEMORY;
   const disk = detectSharedDisk(cfg.paths.outputDir, env);
@@ -655,6 +684,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   let stage = 'clean';
   await coord.setStage(stage);
   let trainYaml: string;
+  let trainOverrides: Record<string, unknown> = {};
   // stopped by a signal before training: tell the other ranks, then die of the same signal
   const onSignal = (sig: NodeJS.Signals): void => {
     process.off('SIGINT', onSignal);
@@ -667,6 +697,26 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
+    // 1b. the installed mindformers decides which release's rules apply: found once per group
+    // (by its leader, from the training command's Python) and shared through the coordinator
+    if (!versionKnown) {
+      stage = 'mindformers-version';
+      let found: FoundVersion | null;
+      if (id.rank === leader) {
+        found = (await detectMindformersVersion(opts.command, { cwd, env })) ?? null;
+        await coord.publish('mindformers_version', found);
+      } else {
+        const m = await coord.waitAll<FoundVersion | null>('mindformers_version', { ranks: [leader], what: 'the mindformers version' });
+        found = m.get(leader) ?? null;
+      }
+      const again = await judge(true, found ?? undefined);
+      if (!again.ok || again.config === null) throw new RunConfigError(again.file, again.errors);
+      ctx.cfg = cfg = again.config;
+      tell(again, false);
+      stage = 'clean';
+    }
+    if (id.rank === 0) log(cfg.release.description);
+
     // 2. clean
     if (id.rank === leader) {
       const rep = await cleanJobOutputs(cfg.paths.strategyDir, cfg.paths.transformedDir, shared ? undefined : group);
@@ -739,9 +789,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     const loadPath =
       todo.length === 0
         ? abs(ctx, cfg.loadCheckpoint)
-        : check.names.length === 1
-          ? join(cfg.paths.transformedDir, (check.names[0] as NameCheck).name)
-          : cfg.paths.transformedDir;
+        : convertedLoadPath(cfg.paths, check.names.map((n) => n.name));
     if (todo.length === 0) log(`weights at ${loadPath} already match this job's layout: no conversion`);
     else if (cfg.useParallel) {
       for (const n of todo) {
@@ -751,7 +799,8 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     }
     stage = 'start';
     await coord.setStage(stage);
-    trainYaml = await writeDerived(ctx, 'train', { load_checkpoint: loadPath, auto_trans_ckpt: false });
+    trainOverrides = { load_checkpoint: loadPath, auto_trans_ckpt: false };
+    trainYaml = await writeDerived(ctx, 'train', trainOverrides);
     await coord.close();
   } catch (err) {
     if (!(err instanceof CoordinationError && err.failedRank !== undefined)) await coord.fail(stage, err);
@@ -766,6 +815,6 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   }
 
   // 6. train
-  const r = await runCommand(substituteConfig(opts.command, trainYaml), { cwd, env: childEnv(ctx) });
+  const r = await runCommand(derivedCommand(opts.command, trainYaml, trainOverrides), { cwd, env: childEnv(ctx) });
   return r.code;
 }

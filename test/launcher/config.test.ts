@@ -16,6 +16,7 @@ import {
   nearMiss,
   RunConfigError,
   summarizeRunConfig,
+  launchSources,
   type ConfigProblem,
   type LoadRunConfigOptions,
 } from '../../plugin/launcher/index.js';
@@ -51,7 +52,7 @@ async function writeYaml(text: string): Promise<string> {
 
 async function check(text: string, opts: LoadRunConfigOptions = {}): Promise<{ errors: ConfigProblem[]; warnings: ConfigProblem[] }> {
   const p = await writeYaml(text);
-  const r = await checkRunConfig(p, { cwd: dir, ...opts });
+  const r = await checkRunConfig(p, { cwd: dir, env: {}, ...opts });
   return { errors: r.errors, warnings: r.warnings };
 }
 
@@ -88,7 +89,7 @@ describe('loadRunConfig: good configs', () => {
     expect(cfg.parallel.parallelMode).toBe('semi_auto_parallel');
     expect(cfg.transformProcessNum).toBe(1);
     expect(cfg.loadCkptFormat).toBe('ckpt');
-    expect(cfg.msckpt).toEqual({ dstStrategy: undefined, barrierTimeout: 7200, heartbeatTimeout: 60, pollInterval: undefined, sharedDisk: undefined });
+    expect(cfg.msckpt).toEqual({ dstStrategy: undefined, barrierTimeout: 7200, heartbeatTimeout: 60, pollInterval: undefined, sharedDisk: undefined, mindformersVersion: undefined });
     expect(cfg.raw['my_custom_section']).toEqual({ whatever: [1, 2] });
     expect(cfg.raw['trainer']).toEqual({ type: 'CausalLanguageModelingTrainer' });
     expect(cfg.source?.kind).toBe('rank-dir');
@@ -102,18 +103,20 @@ describe('loadRunConfig: good configs', () => {
   it('reads msckpt settings and the strategy file name', async () => {
     const cfg = await loadRunConfig(
       await writeYaml(
-        `${GOOD.replace('  parallel_mode: 1\n', '  parallel_mode: SEMI_AUTO_PARALLEL\n  strategy_ckpt_config:\n    save_file: "./my_strat.ckpt"\n')}msckpt:\n  barrier_timeout: 30\n  heartbeat_timeout: 5.5\n  poll_interval: 0.5\n  shared_disk: False\n  dst_strategy: ./strategy_src\n`,
+        `${GOOD.replace('  parallel_mode: 1\n', '  parallel_mode: SEMI_AUTO_PARALLEL\n  strategy_ckpt_config:\n    save_file: "./my_strat.ckpt"\n')}msckpt:\n  barrier_timeout: 10m\n  heartbeat_timeout: 5.5\n  poll_interval: 500ms\n  shared_disk: False\n  dst_strategy: ./strategy_src\n  mindformers_version: '1.5.0'\n`,
       ),
       { cwd: dir, worldSize: 8 },
     );
-    expect(cfg.msckpt).toEqual({ dstStrategy: './strategy_src', barrierTimeout: 30, heartbeatTimeout: 5.5, pollInterval: 0.5, sharedDisk: false });
+    expect(cfg.msckpt).toEqual({ dstStrategy: './strategy_src', barrierTimeout: 600, heartbeatTimeout: 5.5, pollInterval: 0.5, sharedDisk: false, mindformersVersion: '1.5.0' });
+    expect(cfg.release.rules.name).toBe('r1.5.0');
+    expect(cfg.release.from).toBe('yaml');
     expect(cfg.paths.strategyFile(0)).toBe(join(dir, 'output/strategy/my_strat_rank_0.ckpt'));
     expect(cfg.paths.mergedStrategy).toBe(join(dir, 'output/strategy/merged_ckpt_strategy.ckpt'));
   });
 
   it('summarizes what the launcher would do: converters 0, W/K, ...', async () => {
     const cfg = await loadRunConfig(await writeYaml(`${GOOD}transform_process_num: 4\n`), { cwd: dir, worldSize: 8 });
-    const s = summarizeRunConfig(cfg);
+    const s = summarizeRunConfig(cfg, (await launchSources(cfg)).map((x) => x.name));
     expect(s.mode).toBe('convert');
     expect(s.converters).toEqual([
       { rank: 0, from: 0, to: 2 },
@@ -126,6 +129,15 @@ describe('loadRunConfig: good configs', () => {
     expect(converterRanks(4, 8).map((c) => c.rank)).toEqual([0, 1, 2, 3]);
   });
 
+  it('the summary\'s derived load_checkpoint is launch\'s: an HF-index folder is one source named after the folder', async () => {
+    await mkdir(join(dir, 'hfdir'), { recursive: true });
+    for (const f of ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']) await writeFile(join(dir, 'hfdir', f), 'x');
+    const cfg = await loadRunConfig(await writeYaml(`${GOOD.replace("'./ck/mp2'", "'./hfdir'")}load_ckpt_format: safetensors\n`), { cwd: dir, worldSize: 8 });
+    const names = (await launchSources(cfg)).map((x) => x.name);
+    expect(names).toEqual(['hfdir']);
+    expect(summarizeRunConfig(cfg, names).derived['load_checkpoint']).toBe(join(dir, 'output/transformed_checkpoint/hfdir'));
+  });
+
   it('without a world size takes the device count from dp*mp*cp*pp', async () => {
     const cfg = await loadRunConfig(await writeYaml(GOOD), { cwd: dir });
     expect(cfg.deviceCount).toBe(8);
@@ -134,11 +146,12 @@ describe('loadRunConfig: good configs', () => {
 });
 
 describe('schema and near misses', () => {
-  it('flags near misses of our keys with the right spelling and position', async () => {
-    const { errors } = await check(`${GOOD}auto_trans_ckp: True\nload_checkpiont: x\nsrc_strategy_path_or_di: y\n`, { worldSize: 8 });
-    expect(one(errors, 'auto_trans_ckp')).toMatchObject({ line: 16, column: 1, message: "unknown key 'auto_trans_ckp'; did you mean 'auto_trans_ckpt'?" });
-    expect(one(errors, 'load_checkpiont').message).toContain("did you mean 'load_checkpoint'?");
-    expect(one(errors, 'src_strategy_path_or_di').message).toContain("did you mean 'src_strategy_path_or_dir'?");
+  it('warns about near misses of our keys with the right spelling and position (never a refusal)', async () => {
+    const { errors, warnings } = await check(`${GOOD}auto_trans_ckp: True\nload_checkpiont: x\nsrc_strategy_path_or_di: y\n`, { worldSize: 8 });
+    expect(errors).toEqual([]);
+    expect(one(warnings, 'auto_trans_ckp')).toMatchObject({ line: 16, column: 1, message: "unknown key 'auto_trans_ckp'; did you mean 'auto_trans_ckpt'? (mindformers ignores it)" });
+    expect(one(warnings, 'load_checkpiont').message).toContain("did you mean 'load_checkpoint'?");
+    expect(one(warnings, 'src_strategy_path_or_di').message).toContain("did you mean 'src_strategy_path_or_dir'?");
   });
 
   it('does not flag mindformers keys or far-away keys', async () => {
@@ -150,40 +163,69 @@ describe('schema and near misses', () => {
     expect(editDistance('kitten', 'sitting')).toBe(3);
   });
 
-  it('rejects wrong types with readable messages', async () => {
-    const { errors } = await check(
-      `auto_trans_ckpt: "True"\nuse_parallel: yes\ntransform_process_num: "2"\nload_ckpt_format: ckpts\nresume_training: 3\nnpu_num_per_node: 0\n`,
+  it('refuses the types mindformers refuses; values read by their truth only warn', async () => {
+    const { errors, warnings } = await check(
+      `auto_trans_ckpt: "True"\nuse_parallel: "False"\ntransform_process_num: "2"\nload_ckpt_format: ckpts\nresume_training: 3\nnpu_num_per_node: 0\noutput_dir: 7\n`,
     );
     expect(one(errors, 'auto_trans_ckpt')).toMatchObject({
       line: 1,
       column: 1,
-      message: "must be True or False, got the string 'True' (write True or False without quotes)",
+      message: "must be True or False, got the string 'True' (write True or False without quotes) (every mindformers release refuses this at start-up)",
     });
-    expect(one(errors, 'use_parallel').message).toBe("must be True or False, got the string 'yes'");
-    expect(one(errors, 'transform_process_num').message).toBe("must be an integer, got the string '2' (write the number without quotes)");
-    expect(one(errors, 'load_ckpt_format').message).toBe("must be one of 'ckpt', 'safetensors', got the string 'ckpts'");
-    expect(one(errors, 'resume_training').message).toBe('must be True or False or a string, got 3');
-    expect(one(errors, 'npu_num_per_node').message).toBe('must be >= 1, got 0');
+    expect(one(errors, 'resume_training').message).toMatch(/^must be True or False or a string, got 3/);
+    expect(one(errors, 'output_dir').message).toMatch(/^must be a string, got 7/);
+    expect(errors.map((e) => e.key).sort()).toEqual(['auto_trans_ckpt', 'output_dir', 'resume_training']);
+    expect(one(warnings, 'use_parallel').message).toBe("is the string 'False', not True or False; mindformers tests its truth, so it counts as True");
+    expect(one(warnings, 'transform_process_num').message).toBe("must be an integer, got the string '2' (write the number without quotes)");
+    expect(one(warnings, 'load_ckpt_format').message).toContain("harmless while load_checkpoint is empty");
+    expect(one(warnings, 'npu_num_per_node').message).toBe('must be >= 1, got 0');
+    // load_ckpt_format is refused once there is a checkpoint to load (r1.5.0+; r1.3.0 does not read it)
+    const fmt = await check(`load_checkpoint: ./ck/full\nload_ckpt_format: ckpts\n`);
+    expect(one(fmt.warnings, 'load_ckpt_format').message).toMatch(/mindformers r1.5.0, r1.6.0, r1.7.0, r1.8.0 refuse this at start-up; r1.3.0 accepts it/);
+    const fmt15 = await check(`load_checkpoint: ./ck/full\nload_ckpt_format: ckpts\n`, { mindformersVersion: { version: '1.5.0', from: 'flag' } });
+    expect(one(fmt15.errors, 'load_ckpt_format').message).toBe("must be 'ckpt' or 'safetensors', got the string 'ckpts' (mindformers r1.5.0 refuses this at start-up)");
   });
 
-  it('parallel_config is strict (mindformers KeyError), with suggestions', async () => {
-    const { errors } = await check(`parallel_config:\n  data_parallel: 1\n  model_paralel: 2\n  foo_bar_baz: 1\n`);
-    expect(one(errors, 'parallel_config.model_paralel')).toMatchObject({ line: 3, column: 3 });
-    expect(one(errors, 'parallel_config.model_paralel').message).toContain("did you mean 'model_parallel'?");
-    expect(one(errors, 'parallel_config.foo_bar_baz').message).toContain('allowed: data_parallel, model_parallel');
+  it('parallel_mode as mindformers\' PARALLEL_MODE table has it, release by release', async () => {
+    for (const v of ['0', '1', '2', '3', 'DATA_PARALLEL', 'SEMI_AUTO_PARALLEL', 'AUTO_PARALLEL', 'HYBRID_PARALLEL', 'STAND_ALONE', 'True', '1.0']) {
+      expect((await check(`parallel:\n  parallel_mode: ${v}\n`)).errors, v).toEqual([]);
+    }
+    const lower = await check('parallel:\n  parallel_mode: semi_auto_parallel\n');
+    expect(one(lower.errors, 'parallel.parallel_mode').message).toContain("(write 'SEMI_AUTO_PARALLEL'; the names are case-sensitive)");
+    expect(one((await check('parallel:\n  parallel_mode: 4\n')).errors, 'parallel.parallel_mode')).toMatchObject({ line: 2, column: 3 });
+    expect(one((await check('parallel:\n  parallel_mode: null\n')).errors, 'parallel.parallel_mode').message).toContain('got nothing (null)');
+    // MANUAL_PARALLEL: from r1.6.0; runs as stand-alone
+    const manual = 'parallel:\n  parallel_mode: MANUAL_PARALLEL\n';
+    expect(one((await check(manual)).warnings, 'parallel.parallel_mode').message).toMatch(/mindformers r1.3.0, r1.5.0 refuse this at start-up; r1.6.0, r1.7.0, r1.8.0 accept it/);
+    expect((await check(manual, { mindformersVersion: { version: '1.6.0', from: 'flag' } })).errors).toEqual([]);
+    expect(one((await check(manual, { mindformersVersion: { version: '1.5.0', from: 'flag' } })).errors, 'parallel.parallel_mode').message).toContain('(mindformers r1.5.0 refuses this at start-up)');
+    const r = await checkRunConfig(await writeYaml(`use_parallel: True\n${manual}`), { cwd: dir, mindformersVersion: { version: '1.6.0', from: 'flag' } });
+    expect(r.config!.parallel.effectiveMode).toBe('stand_alone');
   });
 
-  it('parallel passes unknown keys through but flags near misses; strategy_ckpt_config and msckpt are strict', async () => {
-    const { errors } = await check(
-      `parallel:\n  parallel_mode: 9\n  enable_parallel_optimiser: True\n  some_new_mindspore_key: 1\n  strategy_ckpt_config: {save_file: "./a.ckpt", only_trainable: true}\nmsckpt:\n  barrier_timout: 5\n  heartbeat_timeout: -1\n`,
-    );
-    expect(one(errors, 'parallel.parallel_mode').message).toMatch(/must be 0 \(data_parallel\), 1 \(semi_auto_parallel\).*got 9/);
-    expect(one(errors, 'parallel.enable_parallel_optimiser').message).toContain("did you mean 'enable_parallel_optimizer'?");
-    expect(errors.some((e) => e.key === 'parallel.some_new_mindspore_key')).toBe(false);
-    expect(one(errors, 'parallel.strategy_ckpt_config.only_trainable')).toMatchObject({ line: 5, column: 49 });
-    expect(one(errors, 'parallel.strategy_ckpt_config.only_trainable').message).toContain("did you mean 'only_trainable_params'?");
-    expect(one(errors, 'msckpt.barrier_timout').message).toContain("did you mean 'barrier_timeout'?");
-    expect(one(errors, 'msckpt.heartbeat_timeout').message).toBe('must be > 0, got -1');
+  it('parallel_config keys follow the release; unknown ones only warn (not keys msckpt reads)', async () => {
+    const { errors, warnings } = await check(`parallel_config:\n  data_parallel: 1\n  model_paralel: 2\n  seq_split_num: 1\n  recompute: True\n`);
+    expect(errors).toEqual([]);
+    expect(one(warnings, 'parallel_config.model_paralel')).toMatchObject({ line: 3, column: 3 });
+    expect(one(warnings, 'parallel_config.model_paralel').message).toContain("did you mean 'model_parallel'?");
+    expect(one(warnings, 'parallel_config.seq_split_num').message).toMatch(/mindformers r1.3.0 refuses this at start-up/);
+    expect(one(warnings, 'parallel_config.recompute').message).toMatch(/mindformers r1.5.0, r1.6.0, r1.7.0, r1.8.0 refuse this/);
+    // the layout values are ours: a float or zero is refused as mindformers refuses it
+    const bad = await check(`parallel_config:\n  data_parallel: 2.0\n  model_parallel: 0\n`);
+    expect(one(bad.errors, 'parallel_config.data_parallel').message).toMatch(/^must be a positive integer, got the float 2.0/);
+    expect(one(bad.errors, 'parallel_config.model_parallel').message).toMatch(/^must be a positive integer, got 0/);
+  });
+
+  it('parallel passes unknown keys through but warns on near misses; msckpt settings are errors only when msckpt has work', async () => {
+    const text = `parallel:\n  enable_parallel_optimiser: True\n  some_new_mindspore_key: 1\nmsckpt:\n  barrier_timout: 5\n  heartbeat_timeout: -1\n`;
+    const idle = await check(text);
+    expect(idle.errors).toEqual([]);
+    expect(one(idle.warnings, 'parallel.enable_parallel_optimiser').message).toContain("did you mean 'enable_parallel_optimizer'?");
+    expect(idle.warnings.some((e) => e.key === 'parallel.some_new_mindspore_key')).toBe(false);
+    expect(one(idle.warnings, 'msckpt.barrier_timout').message).toContain("did you mean 'barrier_timeout'? (unused: nothing for msckpt to do)");
+    const busy = await check(`${GOOD}${text.replace('parallel:\n', 'zz:\n')}`, { worldSize: 8 });
+    expect(one(busy.errors, 'msckpt.barrier_timout').message).toContain("did you mean 'barrier_timeout'?");
+    expect(busy.errors.some((e) => e.key === 'msckpt.heartbeat_timeout')).toBe(true);
   });
 
   it('reports YAML syntax errors with line and column', async () => {
@@ -194,16 +236,19 @@ describe('schema and near misses', () => {
     expect(r.errors[0]!.message).toMatch(/^YAML syntax error/);
     expect(r.errors[0]!.line).toBeGreaterThanOrEqual(2);
     const d = await check('a: 1\na: 2\n');
-    expect(d.errors[0]).toMatchObject({ line: 2, message: expect.stringContaining('duplicated mapping key') });
+    expect(d.errors).toEqual([]);
+    expect(d.warnings[0]).toMatchObject({ key: 'a', line: 2, message: 'is given twice in one mapping (first at line 1); PyYAML keeps this last one' });
   });
 
   it('a document that is not a mapping is refused', async () => {
     const { errors } = await check('- a\n- b\n');
     expect(errors[0]!.message).toBe('the run YAML must be a mapping of keys, got a list');
+    expect((await check('')).errors[0]!.message).toBe('the run YAML must be a mapping of keys, got an empty document');
+    expect((await check('a: 1\non: 2\n')).errors[0]!.message).toContain('mindformers cannot sort the keys');
   });
 
   it('throws one RunConfigError (InputError) listing every problem as file:line:col key: message', async () => {
-    const p = await writeYaml('auto_trans_ckpt: 1\nnpu_num_per_node: 6\n');
+    const p = await writeYaml('auto_trans_ckpt: 1\nresume_training: 2.5\n');
     const e = await loadRunConfig(p, { cwd: dir }).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(RunConfigError);
     expect(e).toBeInstanceOf(InputError);
@@ -211,7 +256,7 @@ describe('schema and near misses', () => {
     expect(err.exitCode).toBe(2);
     expect(err.problems).toHaveLength(2);
     expect(err.message).toContain(`${p}:1:1 auto_trans_ckpt: must be True or False, got 1`);
-    expect(err.message).toContain(`${p}:2:1 npu_num_per_node: must be a power of 2`);
+    expect(err.message).toContain(`${p}:2:1 resume_training: must be True or False or a string, got the float 2.5`);
   });
 
   it('a missing file is an InputError naming it', async () => {
@@ -239,14 +284,16 @@ describe('cross-field rules (mindformers §1.2 and ours)', () => {
     expect(e).toMatchObject({ line: 7, column: 1 });
     expect(e.message).toContain('2*2*1*2 = 8 must equal the device count 16');
     const auto = await check(GOOD.replace('parallel_mode: 1', 'parallel_mode: 2'), { worldSize: 4 });
-    expect(one(auto.errors, 'parallel_config').message).toContain('is more than the device count 4');
+    expect(one(auto.warnings, 'parallel_config').message).toContain('is more than the device count 4');
     const single = await check(GOOD.replace('use_parallel: True', 'use_parallel: False'), { worldSize: 1 });
     expect(single.errors.filter((x) => x.key === 'parallel_config')).toEqual([]);
   });
 
-  it('npu_num_per_node must be a power of two', async () => {
-    expect(one((await check('npu_num_per_node: 6\n')).errors, 'npu_num_per_node').message).toBe('must be a power of 2 (1, 2, 4, 8, 16, ...), got 6');
-    expect((await check('npu_num_per_node: 16\n')).errors).toEqual([]);
+  it('npu_num_per_node that is not a power of two only warns (mindformers checks it in its own .ckpt conversion)', async () => {
+    const six = await check('npu_num_per_node: 6\n');
+    expect(six.errors).toEqual([]);
+    expect(one(six.warnings, 'npu_num_per_node').message).toContain('is 6, not a power of 2');
+    expect((await check('npu_num_per_node: 16\n')).warnings).toEqual([]);
   });
 
   it('a sliced load_checkpoint needs a source strategy', async () => {
@@ -284,39 +331,58 @@ describe('cross-field rules (mindformers §1.2 and ours)', () => {
   });
 
   it('auto_trans_ckpt or resume_training with an empty load_checkpoint is refused', async () => {
-    const a = await check(`auto_trans_ckpt: True\nload_checkpoint: ''\n`);
-    expect(one(a.errors, 'load_checkpoint').message).toBe('must not be empty when auto_trans_ckpt is True');
-    const b = await check(`resume_training: True\n`);
-    expect(one(b.errors, 'resume_training').message).toBe('must not be empty when resume_training is True');
-    const c = await check(`resume_training: True\nmodel:\n  model_config:\n    checkpoint_name_or_path: llama2_7b\n`);
-    expect(c.errors).toEqual([]);
+    const a = await check(`run_mode: train\nauto_trans_ckpt: True\nload_checkpoint: ''\n`);
+    expect(one(a.errors, 'load_checkpoint').message).toMatch(/^must not be empty when auto_trans_ckpt is True .*every mindformers release refuses this/);
+    // resume_training: True without a checkpoint: refused up to r1.6.0, turned off from r1.7.0
+    const b = await check(`run_mode: train\nresume_training: True\n`);
+    expect(b.errors).toEqual([]);
+    expect(b.warnings.map((w) => w.message).join('\n')).toMatch(/mindformers r1.3.0, r1.5.0, r1.6.0 refuse this at start-up; r1.7.0, r1.8.0 accept it/);
+    expect(one((await check(`run_mode: train\nresume_training: True\n`, { mindformersVersion: { version: '1.6.0', from: 'flag' } })).errors, 'resume_training').message).toMatch(/must not be empty/);
+    // train ignores checkpoint_name_or_path; eval/predict with a null load_checkpoint take it
+    const cnp = `model:\n  model_config:\n    checkpoint_name_or_path: llama2_7b\n`;
+    expect((await check(`run_mode: train\nauto_trans_ckpt: True\n${cnp}`)).errors).toHaveLength(1);
+    const pred = await checkRunConfig(await writeYaml(`run_mode: predict\nauto_trans_ckpt: True\nload_checkpoint: null\n${cnp}`), { cwd: dir, checkFiles: false });
+    expect(pred.errors).toEqual([]);
+    expect(pred.config!.loadCheckpoint).toBe('llama2_7b');
+    expect(pred.config!.loadCheckpointFrom).toBe('checkpoint_name_or_path');
+    expect((await check(`run_mode: predict\nauto_trans_ckpt: True\nload_checkpoint: ''\n${cnp}`)).errors).toHaveLength(1);
   });
 
   it('without auto_trans_ckpt, slices must match the device count', async () => {
     const { errors } = await check(GOOD.replace('auto_trans_ckpt: True', 'auto_trans_ckpt: False'), { worldSize: 8 });
-    expect(one(errors, 'load_checkpoint').message).toBe("'./ck/mp2' holds 2 rank folders but the job has 8 devices; set auto_trans_ckpt: True to convert them");
+    expect(one(errors, 'load_checkpoint').message).toBe("'./ck/mp2' holds 2 rank folders but the job has 8 devices (rank_2 and up are missing); set auto_trans_ckpt: True to convert them");
   });
 
   it('data_parallel / stand_alone modes write no strategy', async () => {
     const { errors } = await check(GOOD.replace('parallel_mode: 1', 'parallel_mode: 0'), { worldSize: 8 });
-    expect(one(errors, 'parallel.parallel_mode').message).toContain('data_parallel writes no strategy files');
+    expect(one(errors, 'parallel.parallel_mode').message).toContain('parallel_mode 0 (data_parallel) writes no strategy files');
   });
 
-  it('the rest of mindformers start-up rules', async () => {
+  it('the rest of mindformers start-up rules: refusals on keys msckpt reads, warnings on the others', async () => {
     const text = `${GOOD.replace('  hidden_size: 4096', '  hidden_size: 4096\n    use_flash_attention: False').replace('  pipeline_stage: 2', '  pipeline_stage: 2\n  context_parallel: 1\n  vocab_emb_dp: True')}runner_config:\n  sink_mode: False\nremote_save_url: 'http://bucket/x'\nrun_mode: eval\n`;
     const { errors, warnings } = await check(text.replace('data_parallel: 2', 'data_parallel: 1').replace('context_parallel: 1', 'context_parallel: 2'), {
       worldSize: 8,
     });
-    expect(one(errors, 'runner_config.sink_mode').message).toContain('must be True when distributed loads are sliced weights');
-    expect(one(errors, 'remote_save_url').message).toBe("must start with obs:// or s3://, got 'http://bucket/x'");
+    expect(one(warnings, 'runner_config.sink_mode').message).toContain('must be True when distributed loads are sliced weights');
     expect(one(errors, 'parallel_config.context_parallel').message).toContain('use_flash_attention: True');
     expect(one(errors, 'parallel_config.pipeline_stage').message).toContain('only supported for training');
     expect(one(warnings, 'parallel_config.vocab_emb_dp').message).toBe('is forced to False when pipeline_stage > 1');
+    // remote_save_url: only on ModelArts, and only when set
+    expect(errors.some((e) => e.key === 'remote_save_url')).toBe(false);
+    const placeholder = `remote_save_url: "Please input obs url on AICC platform."\nrun_mode: train\n`;
+    expect((await check(placeholder)).errors).toEqual([]);
+    const ma = await check(placeholder, { env: { MA_JOB_DIR: '/job' } });
+    expect(one(ma.warnings, 'remote_save_url').message).toMatch(/must start with obs:\/\/ or s3:\/\/ on ModelArts.*r1.3.0, r1.5.0 refuse this/);
+    expect(one((await check(placeholder, { env: { MA_JOB_DIR: '/job' }, mindformersVersion: { version: '1.5.0', from: 'flag' } })).errors, 'remote_save_url').message).toContain('on ModelArts');
+    expect((await check(placeholder, { env: { S3_ACCESS_KEY_ID: 'k' }, mindformersVersion: { version: '1.6.0', from: 'flag' } })).errors).toEqual([]);
+    expect((await check(`${placeholder}auto_trans_ckpt: True\nload_checkpoint: ./ck/full\n`, { env: { MA_LOG_DIR: '/l' }, mindformersVersion: { version: '1.6.0', from: 'flag' } })).errors.map((e) => e.key)).toContain('remote_save_url');
+    expect((await check(`remote_save_url: ''\n`, { env: { MA_JOB_DIR: '/job' }, mindformersVersion: { version: '1.5.0', from: 'flag' } })).errors).toEqual([]);
   });
 
-  it('pipeline_stages in parallel must agree with parallel_config', async () => {
-    const { errors } = await check(GOOD.replace('  parallel_mode: 1', '  parallel_mode: 1\n  pipeline_stages: 4'), { worldSize: 8 });
-    expect(one(errors, 'parallel.pipeline_stages').message).toBe('is 4 but parallel_config.pipeline_stage is 2; they must agree');
+  it('pipeline_stages in parallel that disagrees with parallel_config only warns', async () => {
+    const { errors, warnings } = await check(GOOD.replace('  parallel_mode: 1', '  parallel_mode: 1\n  pipeline_stages: 4'), { worldSize: 8 });
+    expect(errors).toEqual([]);
+    expect(one(warnings, 'parallel.pipeline_stages').message).toMatch(/^is 4 but parallel_config.pipeline_stage is 2; they must agree/);
   });
 
   it('warns about multi-node jobs without a shared-disk setting', async () => {
@@ -424,15 +490,21 @@ describe('deriveRunConfig', () => {
     expect(await readFile(cfg.file, 'utf8')).toBe(text);
   });
 
-  it('handles nested overrides and removal, and falls back to a dump for flow documents', async () => {
+  it('removes keys, makes base_config absolute, and writes a flow document out whole', async () => {
     const cfg = await loadRunConfig(await writeYaml(GOOD), { cwd: dir, worldSize: 8 });
-    const out = deriveRunConfig(cfg, { 'parallel.strategy_ckpt_config.save_file': './s.ckpt', src_strategy_path_or_dir: undefined });
+    const out = deriveRunConfig(cfg, { src_strategy_path_or_dir: undefined, load_checkpoint: 'yes' });
     const doc = yaml.load(out) as Record<string, unknown>;
-    expect(doc['parallel']).toEqual({ parallel_mode: 1, strategy_ckpt_config: { save_file: './s.ckpt' } });
     expect('src_strategy_path_or_dir' in doc).toBe(false);
+    expect(doc['load_checkpoint']).toBe('yes');
     expect(doc['model']).toEqual(cfg.raw['model']);
+    expect(() => deriveRunConfig(cfg, { 'parallel.x': 1 })).toThrow(/top-level keys only/);
     const flow = await loadRunConfig(await writeYaml(`{use_parallel: False, seed: 3}\n`), { cwd: dir });
     expect(yaml.load(deriveRunConfig(flow, { only_save_strategy: true }))).toEqual({ use_parallel: false, seed: 3, only_save_strategy: true });
+    await writeFile(join(dir, 'base.yaml'), 'seed: 5\nuse_parallel: True\n');
+    const withBase = await loadRunConfig(await writeYaml(`base_config: base.yaml\nseed: 1\n`), { cwd: dir });
+    expect(withBase.useParallel).toBe(true);
+    expect(withBase.effective['seed']).toBe(1);
+    expect(yaml.load(deriveRunConfig(withBase, { auto_trans_ckpt: false }))).toMatchObject({ base_config: join(dir, 'base.yaml'), seed: 1 });
   });
 });
 
@@ -461,15 +533,22 @@ describe('msckpt validate (CLI)', () => {
     expect(r.stdout).toContain(`OK ${p}`);
     expect(r.stdout).toContain('automatic conversion');
     expect(r.stdout).toContain('rank 0 -> slices 0..3; rank 4 -> slices 4..7');
+    expect(r.stdout).toContain('rules:     mindformers version unknown: refusing only what every release from r1.3.0 to r1.8.0 refuses');
+    expect(r.stdout).toContain(`derived:   load_checkpoint: "${join(dir, 'output/transformed_checkpoint/mp2')}", auto_trans_ckpt: false`);
   });
 
   it('lists every problem as file:line:col key.path: message and exits 2 (snake_case flags too)', async () => {
-    const p = await writeYaml(`${GOOD}auto_trans_ckp: True\ntransform_process_num: 3\n`);
-    const r = await runCli(['validate', p, '--world_size=8', '--cwd', dir]);
+    const p = await writeYaml(`${GOOD}auto_trans_ckp: True\ntransform_process_num: 3\nresume_training: 1\n`);
+    const r = await runCli(['validate', p, '--world_size=8', '--cwd', dir, '--mindformers-version', '1.5.0']);
     expect(r.exitCode).toBe(2);
-    expect(r.stderr).toContain(`${p}:16:1 auto_trans_ckp: unknown key 'auto_trans_ckp'; did you mean 'auto_trans_ckpt'?`);
+    expect(r.stderr).toContain(`warning: ${p}:16:1 auto_trans_ckp: unknown key 'auto_trans_ckp'; did you mean 'auto_trans_ckpt'?`);
     expect(r.stderr).toContain(`${p}:17:1 transform_process_num: 3 does not divide the device count 8`);
+    expect(r.stderr).toContain(`${p}:18:1 resume_training: must be True or False or a string, got 1 (mindformers r1.5.0 refuses this at start-up)`);
+    expect(r.stderr).toContain('(judged by r1.5.0 rules (mindformers 1.5.0 from --mindformers-version))');
     expect(r.stderr).toContain('2 problems');
+    const bad = await runCli(['validate', p, '--mindformers-version', 'latest']);
+    expect(bad.exitCode).toBe(2);
+    expect(bad.stderr).toContain("--mindformers-version must be a version such as 1.5.0, got 'latest'");
   });
 
   it('--json prints one object; the world size comes from RANK_SIZE', async () => {

@@ -45,7 +45,7 @@ describe('launch: load_ckpt_format safetensors', () => {
     expect((await readdir(join(dir, 'weights', 'llama_unified'))).filter((n) => /^part\d+\.safetensors$/.test(n)).length).toBeGreaterThan(1);
     await writeYaml(
       dir,
-      runYaml({ load: './weights/llama_unified', format: 'safetensors', par: { dp: 2, mp: 2, pp: 2 }, tpn: 2, msckpt: { shared_disk: true, poll_interval: 100 } }),
+      runYaml({ load: './weights/llama_unified', format: 'safetensors', par: { dp: 2, mp: 2, pp: 2 }, tpn: 2, msckpt: { shared_disk: true, poll_interval: '100ms' } }),
     );
     const logs = join(dir, 'logs');
     const r = await runJob({ nodeDirs: [dir, dir], logDir: logs });

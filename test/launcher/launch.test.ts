@@ -37,7 +37,7 @@ describe('launch: 8 ranks on 2 nodes', () => {
   it('shared disk (polling): complete -> dp2·mp2·pp2 with 2 converters, then a rerun over stale outputs -> dp4·mp2 with 1', async () => {
     const dir = await jobDir();
     await writeComplete(dir);
-    await writeYaml(dir, runYaml({ load: './weights/model.ckpt', par: { dp: 2, mp: 2, pp: 2 }, tpn: 2, msckpt: { shared_disk: true, poll_interval: 100 } }));
+    await writeYaml(dir, runYaml({ load: './weights/model.ckpt', par: { dp: 2, mp: 2, pp: 2 }, tpn: 2, msckpt: { shared_disk: true, poll_interval: '100ms' } }));
     const logs1 = join(dir, 'logs1');
     const r1 = await runJob({ nodeDirs: [dir, dir], logDir: logs1 });
     expect(exitCodes(r1), r1.logs.join('\n')).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);
@@ -61,7 +61,7 @@ describe('launch: 8 ranks on 2 nodes', () => {
     // of run 1's markers or slices visible as wrong bytes.
     await writeFile(join(dir, 'output', 'transformed_checkpoint', 'model', 'transform_failed_rank_0.txt'), 'old failure');
     await writeFile(join(dir, 'output', 'strategy', 'notes.txt'), 'mine');
-    await writeYaml(dir, runYaml({ load: './weights/model.ckpt', par: { dp: 4, mp: 2, pp: 1 }, tpn: 1, msckpt: { shared_disk: true, poll_interval: 100 } }));
+    await writeYaml(dir, runYaml({ load: './weights/model.ckpt', par: { dp: 4, mp: 2, pp: 1 }, tpn: 1, msckpt: { shared_disk: true, poll_interval: '100ms' } }));
     const logs2 = join(dir, 'logs2');
     const r2 = await runJob({ nodeDirs: [dir, dir], logDir: logs2 });
     expect(exitCodes(r2), r2.logs.join('\n')).toEqual([0, 0, 0, 0, 0, 0, 0, 0]);

@@ -1,14 +1,15 @@
 /**
  * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout D] [--heartbeat-timeout D]
  * [--poll-interval D] [--shared-disk | --no-shared-disk] [--local-worker-num N] [--memory SIZE]
- * [--safetensors-slicing convert|load-time]
+ * [--safetensors-slicing convert|load-time] [--mindformers-version V]
  * -- <training command ...>`:
  * the hook every rank msrun starts runs; `{config}` in the command becomes the YAML to read.
  * Durations: a bare number is seconds (`500ms`, `2s`, `10m`, `1h`); sizes: K/M/G binary.
  */
 import type { Command } from 'commander';
+import { releaseOf } from '../../launcher/config.js';
 import { launch } from '../../launcher/launch.js';
-import { UsageError } from '../../errors.js';
+import { InputError, UsageError } from '../../errors.js';
 import { invocation } from '../args.js';
 import { choiceFlag, durationFlag, intFlag, MAX_PROCESSES, sizeFlag } from '../flags.js';
 
@@ -24,6 +25,7 @@ interface LaunchFlags {
   localWorkerNum?: string;
   memory?: string;
   safetensorsSlicing?: string;
+  mindformersVersion?: string;
 }
 
 export function register(program: Command): void {
@@ -40,6 +42,7 @@ export function register(program: Command): void {
     .option('--local-worker-num <n>', "workers per node, when msrun's environment cannot tell")
     .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (K/M/G: powers of 1024; default 512M)')
     .option('--safetensors-slicing <mode>', 'load_ckpt_format safetensors with complete weights: convert (slice per rank now) or load-time (leave unified for mindformers)')
+    .option('--mindformers-version <version>', "the installed mindformers release whose rules apply, e.g. 1.5.0 (default: the YAML's msckpt.mindformers_version, else found from the training command's Python)")
     .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
     .action(async (command: string[], flags: LaunchFlags) => {
       if (!invocation().doubleDash) {
@@ -51,7 +54,12 @@ export function register(program: Command): void {
       const poll = durationFlag('--poll-interval', flags.pollInterval);
       const memory = sizeFlag('--memory', flags.memory);
       const localWorkerNum = intFlag('--local-worker-num', flags.localWorkerNum, { min: 1, max: MAX_PROCESSES });
+      const version = flags.mindformersVersion;
+      if (version !== undefined && releaseOf(version) === undefined) {
+        throw new InputError(`--mindformers-version must be a version such as 1.5.0, got '${version}'`);
+      }
       const code = await launch({
+        ...(version !== undefined ? { mindformersVersion: version } : {}),
         config: flags.config,
         command,
         ...(flags.dstStrategy !== undefined ? { dstStrategy: flags.dstStrategy } : {}),

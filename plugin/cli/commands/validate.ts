@@ -1,10 +1,12 @@
 /**
- * `msckpt validate RUN.yaml [--world-size N] [--cwd DIR] [--no-check-files] [--json]`: check a
- * run YAML the way `msckpt launch` will, and say what the launcher would do.
+ * `msckpt validate RUN.yaml [--world-size N] [--cwd DIR] [--no-check-files] [--mindformers-version V] [--json]`:
+ * judge a run YAML the way `msckpt launch` will (the same functions), and say what launch would
+ * do and which mindformers release's rules apply.
  */
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { checkRunConfig, formatConfigProblem, summarizeRunConfig } from '../../launcher/config.js';
+import { checkRunConfig, formatConfigProblem, releaseOf, summarizeRunConfig } from '../../launcher/config.js';
+import { launchSources } from '../../launcher/launch.js';
 
 export const order = 80;
 
@@ -12,6 +14,7 @@ interface ValidateFlags {
   worldSize?: string;
   cwd?: string;
   checkFiles: boolean;
+  mindformersVersion?: string;
   json?: boolean;
 }
 
@@ -21,14 +24,22 @@ function parseWorldSize(v: string | undefined, from: string): number | undefined
   return Number(v);
 }
 
+const MODE_TEXT = {
+  passthrough: 'start the training command on your YAML unchanged (nothing for msckpt to do)',
+  handover: 'hand over to mindformers unchanged (it slices the weights while loading)',
+  convert: 'automatic conversion, then training on a derived YAML',
+  'strategy-only': 'strategy-only dry run (collect strategies, print the conversion plan, exit 0)',
+} as const;
+
 export function register(program: Command): void {
   program
     .command('validate')
-    .description('check a mindformers run YAML (schema, near-miss keys, cross-field and path rules) and show what `launch` would do')
+    .description('check a mindformers run YAML as mindformers reads it (PyYAML, per-release rules) and show what `launch` would do')
     .argument('<run-yaml>', 'the run YAML')
     .option('--world-size <n>', 'device count of the job (default: RANK_SIZE / MS_WORKER_NUM when set)')
     .option('--cwd <dir>', 'working directory of the training command, for relative paths (default: current directory)')
     .option('--no-check-files', 'do not look at load_checkpoint and strategy paths on disk')
+    .option('--mindformers-version <version>', "the installed mindformers release whose rules apply, e.g. 1.5.0 (default: the YAML's msckpt.mindformers_version, else every release's)")
     .option('--json', 'print one JSON object')
     .action(async (file: string, flags: ValidateFlags) => {
       const env = process.env;
@@ -36,8 +47,21 @@ export function register(program: Command): void {
         parseWorldSize(flags.worldSize, '--world-size') ??
         parseWorldSize(env['RANK_SIZE'], 'RANK_SIZE') ??
         parseWorldSize(env['MS_WORKER_NUM'], 'MS_WORKER_NUM');
-      const report = await checkRunConfig(file, { worldSize, cwd: flags.cwd, checkFiles: flags.checkFiles });
-      const summary = report.config !== null ? summarizeRunConfig(report.config) : null;
+      const version = flags.mindformersVersion;
+      if (version !== undefined && releaseOf(version) === undefined) {
+        throw new InputError(`--mindformers-version must be a version such as 1.5.0, got '${version}'`);
+      }
+      const report = await checkRunConfig(file, {
+        worldSize, cwd: flags.cwd, checkFiles: flags.checkFiles, env,
+        ...(version !== undefined ? { mindformersVersion: { version, from: 'flag' as const } } : {}),
+      });
+      const cfg = report.config;
+      // the <name>s launch converts, from launch's own list (so the derived load_checkpoint agrees)
+      let names: string[] | undefined;
+      if (report.ok && cfg !== null && cfg.mode === 'convert' && cfg.source !== undefined) {
+        names = (await launchSources(cfg).catch(() => undefined))?.map((s) => s.name);
+      }
+      const summary = cfg !== null ? summarizeRunConfig(cfg, names) : null;
       if (flags.json) {
         process.stdout.write(
           `${JSON.stringify({
@@ -45,6 +69,7 @@ export function register(program: Command): void {
             file: report.file,
             errors: report.errors,
             warnings: report.warnings,
+            mindformers: cfg === null ? null : { release: cfg.release.rules.name, version: cfg.release.version ?? null, from: cfg.release.from, description: cfg.release.description },
             summary: report.ok ? summary : null,
           })}\n`,
         );
@@ -52,21 +77,23 @@ export function register(program: Command): void {
         for (const w of report.warnings) process.stderr.write(`warning: ${formatConfigProblem(file, w)}\n`);
         if (!report.ok) {
           for (const e of report.errors) process.stderr.write(`${formatConfigProblem(file, e)}\n`);
+          if (cfg !== null) process.stderr.write(`(judged by ${cfg.release.description})\n`);
           process.stderr.write(`${report.errors.length} problem${report.errors.length === 1 ? '' : 's'} in ${file}\n`);
         } else if (summary !== null) {
           const lines = [`OK ${file}`];
-          lines.push(`  mode:      ${summary.mode === 'passthrough' ? 'start the training command unchanged (no auto_trans_ckpt, no only_save_strategy)' : summary.mode === 'convert' ? 'automatic conversion, then training' : 'strategy-only dry run (collect strategies, print the conversion plan, exit 0)'}`);
+          lines.push(`  rules:     ${summary.release}`);
+          lines.push(`  mode:      ${MODE_TEXT[summary.mode]}`);
+          lines.push(`  why:       ${summary.reason}`);
           lines.push(`  devices:   ${summary.deviceCount ?? 'unknown (pass --world-size)'}`);
           lines.push(`  layout:    ${summary.layout}`);
           lines.push(`  source:    ${summary.source}`);
-          if (summary.mode !== 'passthrough') {
+          if (summary.sourceStrategy !== undefined) lines.push(`  src strategy: ${summary.sourceStrategy}`);
+          if (summary.mode === 'convert' || summary.mode === 'strategy-only') {
             lines.push(`  strategy:  ${summary.strategy}`);
             lines.push(`  emptied:   ${summary.cleans.join(', ')}`);
           }
           if (summary.converters.length > 0) {
-            lines.push(
-              `  convert:   ${summary.converters.map((c) => `rank ${c.rank} -> slices ${c.from}..${c.to - 1}`).join('; ')}`,
-            );
+            lines.push(`  convert:   ${summary.converters.map((c) => `rank ${c.rank} -> slices ${c.from}..${c.to - 1}`).join('; ')}`);
           }
           if (Object.keys(summary.derived).length > 0) {
             lines.push(`  derived:   ${Object.entries(summary.derived).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(', ')}`);
