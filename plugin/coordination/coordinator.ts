@@ -297,7 +297,8 @@ export class Coordinator {
     const polling = opts.sharedDisk ?? detectSharedDisk(opts.root).network;
     const heartbeatTimeoutMs = opts.heartbeatTimeoutMs ?? DEFAULT_HEARTBEAT_TIMEOUT_MS;
     const tickMs = opts.pollInterval ?? (polling ? defaultPollInterval(opts.ranks.length) : LOCAL_SAFETY_POLL_MS);
-    await fs.mkdir(opts.root);
+    // the leader creates the folder; a waiting rank needs it only to watch it for file events
+    if (opts.rank === leader || !polling) await fs.mkdir(opts.root);
     const waker = await Waker.create(opts.root, !polling, clock);
     const env: Env = {
       fs,
@@ -696,7 +697,6 @@ export class Coordinator {
         const rec: WantRecord = { name, ranks: formatRanges(ranks), heartbeats: formatRanges(heartbeats), what, by: this.rank };
         await createOnce(this.fs, layout.want(this.dir, key), JSON.stringify(rec));
         registered = true;
-        this.waker.notify(); // look again soon: the leader may answer within a cycle
       }
       // the leader's own task heartbeat counts while its marker is missing (the status shows the
       // first missing ranks in order; a leader beyond them is missing too)

@@ -12,6 +12,7 @@ import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.
 import yaml from 'js-yaml';
 import { packageFile } from '../package-files.js';
 import { InputError } from '../errors.js';
+import { parseDuration } from '../units.js';
 import { canonicalPath, isSameOrInsideCanonical, jobPaths, type JobPaths } from './paths.js';
 import { joinKeyPath, loadYamlWithPositions, YamlSyntaxError, type LocatedYaml } from './yaml-positions.js';
 
@@ -48,6 +49,8 @@ export interface MsckptSettings {
   dstStrategy: string | undefined;
   barrierTimeout: number;
   heartbeatTimeout: number;
+  /** `join_timeout` in milliseconds (parseDuration); undefined = the launcher's default. */
+  joinTimeoutMs: number | undefined;
   /** undefined = automatic (events, with polling on network file systems). */
   pollInterval: number | undefined;
   /** undefined = detect. */
@@ -602,6 +605,7 @@ function buildRunConfig(
       dstStrategy: typeof ms['dst_strategy'] === 'string' && ms['dst_strategy'] !== '' ? ms['dst_strategy'] : undefined,
       barrierTimeout: asPosNum(ms['barrier_timeout']) ?? DEFAULT_BARRIER_TIMEOUT_S,
       heartbeatTimeout: asPosNum(ms['heartbeat_timeout']) ?? DEFAULT_HEARTBEAT_TIMEOUT_S,
+      joinTimeoutMs: typeof ms['join_timeout'] === 'number' || typeof ms['join_timeout'] === 'string' ? parseDuration(ms['join_timeout'], 'msckpt.join_timeout') : undefined,
       pollInterval: asPosNum(ms['poll_interval']),
       sharedDisk: typeof ms['shared_disk'] === 'boolean' ? ms['shared_disk'] : undefined,
     },

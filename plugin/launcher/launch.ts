@@ -27,12 +27,12 @@
  * unified and mindformers slices them while loading (steps 2-5 are skipped).
  */
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { formatBytes } from '../cli/progress.js';
-import { CoordinationError, Coordinator, type HeartbeatHandle } from '../coordination/coordinator.js';
+import { CoordinationError, Coordinator, DEFAULT_JOIN_TIMEOUT_MS, type HeartbeatHandle } from '../coordination/coordinator.js';
 import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { describeError, FailureError, InputError } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic.js';
@@ -46,7 +46,7 @@ import {
 } from '../transform/execute.js';
 import type { TensorSink } from '../formats/types.js';
 import { loadRunConfig, deriveRunConfig, transformedNames, type RunConfig } from './config.js';
-import { rankIdentity, type RankIdentity } from './identity.js';
+import { jobIdentity, msrunClusterTimeoutMs, rankIdentity, type RankIdentity } from './identity.js';
 
 export interface LaunchOptions {
   /** The run YAML (never modified). */
@@ -63,6 +63,12 @@ export interface LaunchOptions {
   readonly barrierTimeout?: number;
   /** Seconds without an awaited rank's heartbeat (converters: task beat; others: presence beat) before it counts as dead (default 60). */
   readonly heartbeatTimeout?: number;
+  /**
+   * Milliseconds the ranks may take to join before the missing ones are named and every rank
+   * stops (default: the YAML's msckpt.join_timeout, else msrun's cluster_time_out from
+   * MS_TOPO_TIMEOUT, else 10 min).
+   */
+  readonly joinTimeoutMs?: number;
   /** Poll interval in milliseconds (default: automatic). */
   readonly pollInterval?: number;
   /** Force (true) or deny (false) a disk shared by all nodes; default: detected. */
@@ -393,7 +399,7 @@ async function strategyStep(ctx: Ctx, coord: Coordinator, dstOverride: string | 
     throw new FailureError(`the strategy-only pass exited with code ${r.code}${r.tail !== '' ? `: ${r.tail.split('\n').slice(-3).join(' | ')}` : ''}`);
   }
   if (!existsSync(mine)) throw new FailureError(`the strategy-only pass ended but wrote no ${mine}`);
-  await coord.publish('strategy', { file: mine });
+  await coord.publish('strategy'); // no data: every rank reads a barrier's data
   await coord.waitAll('strategy', { what: "every rank's strategy file" });
   if (cfg.parallelConfig.pipelineStage > 1) {
     if (id.rank === coord.leader) {
@@ -626,6 +632,16 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     );
   }
 
+  // the job's identity: what msrun gives all its ranks alike, and the YAML's real path; a rank of
+  // another job finds output/msckpt held and stops before writing anything
+  const yamlReal = (() => {
+    try {
+      return realpathSync(cfg.file);
+    } catch {
+      return cfg.file;
+    }
+  })();
+  const job = jobIdentity(env, yamlReal, id.worldSize);
   const coord = await Coordinator.open({
     root: shared ? join(cfg.paths.msckptDir, 'coord') : join(cfg.paths.msckptDir, 'coord', `node_${id.nodeRank}`),
     rank: id.rank,
@@ -635,7 +651,15 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     ...(pollInterval !== undefined ? { pollInterval } : {}),
     barrierTimeoutMs: barrierS * 1000,
     heartbeatTimeoutMs: heartbeatS * 1000,
+    joinTimeoutMs: opts.joinTimeoutMs ?? settings.joinTimeoutMs ?? msrunClusterTimeoutMs(env) ?? DEFAULT_JOIN_TIMEOUT_MS,
+    job: { id: job.id, yaml: yamlReal, details: job.details, lockDir: cfg.paths.msckptDir },
   });
+  if (id.rank === leader) {
+    log(
+      `job ${job.id} holds ${cfg.paths.msckptDir} (${job.from === 'msrun' ? `msrun scheduler ${job.details['scheduler']}` : 'no msrun scheduler address in the environment: known by its YAML and world size'}); ` +
+        `all ${group.length} ranks joined`,
+    );
+  }
   let stage = 'clean';
   await coord.setStage(stage);
   let trainYaml: string;
@@ -736,7 +760,8 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     stage = 'start';
     await coord.setStage(stage);
     trainYaml = await writeDerived(ctx, 'train', { load_checkpoint: loadPath, auto_trans_ckpt: false });
-    await coord.close();
+    // the job keeps output/msckpt while it trains
+    await coord.close({ keepJob: true });
   } catch (err) {
     if (!(err instanceof CoordinationError && err.failedRank !== undefined)) await coord.fail(stage, err);
     await coord.close();
@@ -750,6 +775,10 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   }
 
   // 6. train
-  const r = await runCommand(substituteConfig(opts.command, trainYaml), { cwd, env: childEnv(ctx) });
-  return r.code;
+  try {
+    const r = await runCommand(substituteConfig(opts.command, trainYaml), { cwd, env: childEnv(ctx) });
+    return r.code;
+  } finally {
+    await coord.releaseJob();
+  }
 }

@@ -1,5 +1,5 @@
 /**
- * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout S] [--heartbeat-timeout S]
+ * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout S] [--heartbeat-timeout S] [--join-timeout D]
  * [--poll-interval MS] [--shared-disk | --no-shared-disk] [--local-worker-num N] [--memory SIZE]
  * [--safetensors-slicing convert|load-time]
  * -- <training command ...>`:
@@ -9,6 +9,7 @@ import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
 import { launch } from '../../launcher/launch.js';
 import { parseMemorySize } from '../../transform/transform.js';
+import { parseDuration } from '../../units.js';
 
 export const order = 90;
 
@@ -17,6 +18,7 @@ interface LaunchFlags {
   dstStrategy?: string;
   barrierTimeout?: string;
   heartbeatTimeout?: string;
+  joinTimeout?: string;
   pollInterval?: string;
   sharedDisk?: boolean;
   localWorkerNum?: string;
@@ -41,6 +43,7 @@ export function register(program: Command): void {
     .option('--dst-strategy <path>', "the job's strategy file or folder (skips the strategy-only pass)")
     .option('--barrier-timeout <seconds>', 'longest wait at any barrier (default 7200)')
     .option('--heartbeat-timeout <seconds>', "a converter silent this long is dead (default 60)")
+    .option('--join-timeout <duration>', "ranks not started within this are named and every rank stops, e.g. 600, 90s, 10m (default: msrun's cluster_time_out, else 10m)")
     .option('--poll-interval <ms>', 'poll the shared disk this often (default: automatic)')
     .option('--shared-disk', 'output_dir is on a disk all nodes share (polling, one converter set for the job)')
     .option('--no-shared-disk', 'each node converts its own ranks into its local output_dir')
@@ -59,6 +62,7 @@ export function register(program: Command): void {
         ...(flags.dstStrategy !== undefined ? { dstStrategy: flags.dstStrategy } : {}),
         ...(flags.barrierTimeout !== undefined ? { barrierTimeout: positive(flags.barrierTimeout, '--barrier-timeout', false) } : {}),
         ...(flags.heartbeatTimeout !== undefined ? { heartbeatTimeout: positive(flags.heartbeatTimeout, '--heartbeat-timeout', false) } : {}),
+        ...(flags.joinTimeout !== undefined ? { joinTimeoutMs: parseDuration(flags.joinTimeout, '--join-timeout') } : {}),
         ...(flags.pollInterval !== undefined ? { pollInterval: positive(flags.pollInterval, '--poll-interval', true) } : {}),
         ...(flags.sharedDisk !== undefined ? { sharedDisk: flags.sharedDisk } : {}),
         ...(flags.memory !== undefined ? { memory: parseMemorySize(flags.memory) } : {}),
