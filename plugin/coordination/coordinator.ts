@@ -56,7 +56,7 @@ import { HolderWatch, jobConflict, JobLock, type JobEnv, type JobOptions, type J
 import { LeaderMonitor } from './leader.js';
 import { processState as procProcessState, selfIdentity, type ProcessIdentity, type ProcessState } from './liveness.js';
 import {
-  CoordinationError, describeProgress, diedText, failuresError, formatRanges, layout, LEFT_MARKER, NAME_RE, presenceStaleText,
+  CoordinationError, diedText, failuresError, formatRanges, layout, LEFT_MARKER, NAME_RE, presenceStaleText,
   MISSING_SHOWN, rankList, rankOf, secs, sortFailures, taskStaleText, wantKey,
   type Admission, type CurrentRecord, type DoneRecord, type FailureRecord, type HeartbeatRecord, type PresenceRecord,
   type StatusRecord, type TaskBeat, type TaskProgress, type Ticket, type WantRecord,
@@ -845,5 +845,3 @@ export class Coordinator {
     await this.jobLock?.release();
   }
 }
-
-export { describeProgress };

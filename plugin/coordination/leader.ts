@@ -14,7 +14,7 @@ import { Signal, type Clock } from './clock.js';
 import { createOnce, forEachLimit, listDir, parseJson, readJson, readText, writeAtomic, type CoordinationFs } from './fs.js';
 import type { ProcessIdentity, ProcessState } from './liveness.js';
 import {
-  diedText, FAILURES_SHOWN, formatRanges, layout, LEFT_MARKER, machineKeyOf, MISSING_SHOWN, parseRanges, presenceStaleText,
+  diedText, FAILURES_SHOWN, layout, LEFT_MARKER, machineKeyOf, MISSING_SHOWN, parseRanges, presenceStaleText,
   PROGRESS_SHOWN, rankList, rankOf, READ_CONCURRENCY, secs, sortFailures, taskStaleText,
   type Admission, type CurrentRecord, type FailureRecord, type HeartbeatRecord, type PresenceRecord, type StatusRecord,
   type TaskBeat, type Ticket, type WantRecord, type WantStatus,
@@ -142,7 +142,7 @@ export class LeaderMonitor {
       }
       this.changed.fire();
       if (this.stopped) break;
-      await waker.sleep(tickMs);
+      await waker.sleep(tickMs, false); // the ranks' waits hold the process, not this loop
     }
     for (const w of this.flushWaiters.splice(0)) w();
     this.changed.fire();
@@ -554,10 +554,5 @@ export class LeaderMonitor {
     this.stopped = true;
     this.kick();
     await this.loop;
-  }
-
-  /** Ranks of the group as ranges (for messages and tests). */
-  membersText(): string {
-    return formatRanges([...this.members.keys()]);
   }
 }

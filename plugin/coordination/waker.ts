@@ -42,8 +42,11 @@ export class Waker {
     this.pending = false;
   }
 
-  /** Sleep until notified (since the last `arm`) or `ms` passed. */
-  async sleep(ms: number): Promise<void> {
+  /**
+   * Sleep until notified (since the last `arm`) or `ms` passed. `keepAlive: false`: the timer does
+   * not hold the process open (a background loop).
+   */
+  async sleep(ms: number, keepAlive = true): Promise<void> {
     if (this.pending) {
       this.pending = false;
       return;
@@ -56,7 +59,7 @@ export class Waker {
         res();
       };
       this.wake = done;
-      cancel = this.clock.setTimer(Math.max(1, ms), done);
+      cancel = this.clock.setTimer(Math.max(1, ms), done, keepAlive);
     });
     this.pending = false;
   }
