@@ -82,6 +82,8 @@ export const DEFAULT_POLL_INTERVAL_MS = 1000;
 export const MAX_DEFAULT_POLL_INTERVAL_MS = 5000;
 /** Safety poll next to file events on local disks (events may be missed). */
 export const LOCAL_SAFETY_POLL_MS = 1000;
+/** A wait of at most this many ranks reads their markers itself when the leader is gone. */
+const DIRECT_READ_MAX = 64;
 /** Longest default interval between beats. */
 export const MAX_HEARTBEAT_INTERVAL_MS = 15_000;
 
@@ -581,7 +583,10 @@ export class Coordinator {
       await this.fs.mkdir(layout.markers(this.dir, name));
       await createOnce(this.fs, path, text);
     }
-    this.monitor?.publishLocal(name, hasData ? data : null);
+    if (this.monitor !== undefined) {
+      this.monitor.publishLocal(name, hasData ? data : null);
+      await this.monitor.flush(); // the waits it completes are on disk before this rank goes on
+    }
   }
 
   /** Markers `name` published so far: rank -> data (a listing, and each marker with data read once). */
@@ -702,7 +707,12 @@ export class Coordinator {
       // first missing ranks in order; a leader beyond them is missing too)
       const shown = w?.missing ?? [];
       const leaderMissing = w === undefined || shown.includes(this.leader) || (shown.length >= MISSING_SHOWN && this.leader > (shown[shown.length - 1] as number));
-      await this.checkLeader(st, what, leaderWatched && leaderMissing);
+      const problem = this.leaderProblem(st, what, leaderWatched && leaderMissing);
+      if (problem !== undefined) {
+        const direct = await this.markersIfAll<T>(name, ranks);
+        if (direct !== undefined) return direct;
+        throw problem;
+      }
       await this.checkPeers(st);
       const waited = this.clock.now() - started;
       if (waited > timeout) throw await this.timeoutError(name, ranks, what, waited);
@@ -769,20 +779,29 @@ export class Coordinator {
   }
 
   /** The leader: its process (same machine) and its status changing within the heartbeat timeout. */
-  private async checkLeader(st: StatusRecord | undefined, what: string, watched: boolean): Promise<void> {
-    if (st?.closed === true) return;
+  private leaderProblem(st: StatusRecord | undefined, what: string, watched: boolean): CoordinationError | undefined {
+    if (st?.closed === true) return undefined;
     const who = this.leaderWho;
     const stage = st?.stage ?? 'join';
     const base = { rank: this.leader, host: who.host ?? '?', pid: who.pid ?? -1, time: this.clock.now(), reportedBy: this.rank };
-    if (this.procState(who) === 'dead') {
-      throw failuresError([{ ...base, stage, message: diedText(who) }]);
-    }
+    if (this.procState(who) === 'dead') return failuresError([{ ...base, stage, message: diedText(who) }]);
     const silent = this.clock.now() - this.lastStatusChangeAt;
-    if (silent <= this.heartbeatTimeoutMs) return;
+    if (silent <= this.heartbeatTimeoutMs) return undefined;
     const message = watched
       ? taskStaleText(silent, this.heartbeatTimeoutMs, st?.task)
       : presenceStaleText(silent, this.heartbeatTimeoutMs, st !== undefined, `${what}; it coordinates the run`);
-    throw failuresError([{ ...base, stage: watched ? (st?.task?.stage ?? stage) : stage, message }]);
+    return failuresError([{ ...base, stage: watched ? (st?.task?.stage ?? stage) : stage, message }]);
+  }
+
+  /**
+   * The awaited markers read directly, when there are few of them and all are there (the leader
+   * died after they were published: this wait is complete; the next one reports the leader).
+   */
+  private async markersIfAll<T>(name: string, ranks: readonly number[]): Promise<Map<number, T> | undefined> {
+    if (ranks.length > DIRECT_READ_MAX) return undefined;
+    const arrived = await this.published<T>(name).catch(() => undefined);
+    if (arrived === undefined || !ranks.every((r) => arrived.has(r))) return undefined;
+    return new Map(ranks.map((r) => [r, arrived.get(r) as T]));
   }
 
   /** Ranks on this machine: their processes, through /proc (the machine's list is read once). */
