@@ -2,4 +2,9 @@
 export * from './coordinator.js';
 export * from './shared-disk.js';
 export * from './liveness.js';
+export { nodeFs, type CoordinationFs, type WriteOptions } from './fs.js';
+export { systemClock, type Clock } from './clock.js';
+export {
+  describeJob, HolderWatch, JOB_BEAT_FILE, JOB_FILE, JobConflictError, JobLock, type HolderLook, type JobEnv, type JobOptions, type JobRecord,
+} from './job.js';
 export { Waker } from './waker.js';

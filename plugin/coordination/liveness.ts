@@ -73,9 +73,11 @@ export function selfIdentity(): ProcessIdentity {
  * 'alive', 'dead' (gone, a zombie, or the pid now belongs to another process) or 'unknown'
  * (another machine, or no /proc to tell).
  */
-export function processState(who: ProcessIdentity): 'alive' | 'dead' | 'unknown' {
+export type ProcessState = 'alive' | 'dead' | 'unknown';
+
+export function processState(who: ProcessIdentity): ProcessState {
   const me = machineIdentity();
-  if (me === '' || who.machine !== me) return 'unknown';
+  if (me === '' || typeof who.machine !== 'string' || who.machine !== me || !Number.isSafeInteger(who.pid)) return 'unknown';
   const st = procStat(who.pid);
   if (st === undefined) return 'dead';
   if (st.state === 'Z' || st.state === 'X') return 'dead';

@@ -1,22 +1,23 @@
 /**
  * Sleeping until something may have changed on disk: file events from chokidar (local disks)
  * and a timer (always; the only source on network disks, where other machines' writes raise no
- * events). Never a busy loop: between wake-ups the process is idle.
+ * events). Never a busy loop: between wake-ups the process is idle. Serves one loop at a time.
  */
 import { watch, type FSWatcher } from 'chokidar';
+import { systemClock, type Clock } from './clock.js';
 
 export class Waker {
   private pending = false;
   private wake: (() => void) | null = null;
   private watcher: FSWatcher | null = null;
 
-  private constructor() {}
+  private constructor(private readonly clock: Clock) {}
 
   /**
    * `dir`: folder to watch (recursively, to `depth`); `events`: false = timer only (polling mode).
    */
-  static async create(dir: string, events: boolean, depth = 4): Promise<Waker> {
-    const w = new Waker();
+  static async create(dir: string, events: boolean, clock: Clock = systemClock, depth = 4): Promise<Waker> {
+    const w = new Waker(clock);
     if (events) {
       const watcher = watch(dir, { ignoreInitial: true, depth, persistent: false, atomic: false });
       w.watcher = watcher;
@@ -41,21 +42,24 @@ export class Waker {
     this.pending = false;
   }
 
-  /** Sleep until notified (since the last `arm`) or `ms` passed. */
-  async sleep(ms: number): Promise<void> {
+  /**
+   * Sleep until notified (since the last `arm`) or `ms` passed. `keepAlive: false`: the timer does
+   * not hold the process open (a background loop).
+   */
+  async sleep(ms: number, keepAlive = true): Promise<void> {
     if (this.pending) {
       this.pending = false;
       return;
     }
     await new Promise<void>((res) => {
-      const t = setTimeout(done, Math.max(1, ms));
-      const self = this;
-      function done(): void {
-        clearTimeout(t);
-        self.wake = null;
+      let cancel: () => void = () => undefined;
+      const done = (): void => {
+        cancel();
+        this.wake = null;
         res();
-      }
+      };
       this.wake = done;
+      cancel = this.clock.setTimer(Math.max(1, ms), done, keepAlive);
     });
     this.pending = false;
   }

@@ -8,6 +8,8 @@
  * worker count has to be derived. The scheduler process runs the same command with
  * MS_ROLE=MS_SCHED and RANK_ID=0.
  */
+import { createHash } from 'node:crypto';
+import { hostname } from 'node:os';
 import { InputError } from '../errors.js';
 
 export interface RankIdentity {
@@ -197,4 +199,47 @@ export function rankIdentity(env: Env = process.env, options: RankIdentityOption
     standalone: false,
     localWorkerNumFrom: from,
   };
+}
+
+/**
+ * What names one job, the same on every rank of it and different between jobs on one output
+ * folder: msrun gives every worker of a job the scheduler's address and port (MS_SCHED_HOST,
+ * MS_SCHED_PORT) and the worker count; with the YAML's real path they make the job id. A
+ * loopback scheduler address (a one-node job) is the same on every machine, so the host name is
+ * added. Without msrun's variables (a standalone run, another launcher) the id is the YAML and
+ * the world size only: two such jobs with the same YAML cannot be told apart by their id, and
+ * the coordinator's handshake (a live holder of the same rank refuses the newcomer) is what
+ * keeps the second out.
+ */
+export interface JobIdentity {
+  /** Hex digest of what the job is known by. */
+  readonly id: string;
+  /** What the id was derived from (for messages): yaml, workers, scheduler, rankTable. */
+  readonly details: Readonly<Record<string, string>>;
+  /** msrun: from the scheduler address and port; fallback: the YAML and the world size only. */
+  readonly from: 'msrun' | 'fallback';
+}
+
+function isLoopback(host: string): boolean {
+  return /^(localhost|127(\.\d{1,3}){3}|::1|0\.0\.0\.0|::)$/i.test(host);
+}
+
+export function jobIdentity(env: Env, yamlRealPath: string, worldSize: number, host: string = hostname()): JobIdentity {
+  const schedHost = (env['MS_SCHED_HOST'] ?? '').trim();
+  const schedPort = (env['MS_SCHED_PORT'] ?? '').trim();
+  const details: Record<string, string> = { yaml: yamlRealPath, workers: String(worldSize) };
+  const from = schedHost !== '' && schedPort !== '' ? 'msrun' : 'fallback';
+  if (from === 'msrun') details['scheduler'] = `${schedHost}:${schedPort}${isLoopback(schedHost) ? ` on ${host}` : ''}`;
+  const table = (env['RANK_TABLE_FILE'] ?? '').trim();
+  if (table !== '') details['rankTable'] = table;
+  const key = JSON.stringify([from, details['scheduler'] ?? '', details['workers'], details['yaml'], details['rankTable'] ?? '']);
+  return { id: createHash('sha256').update(key).digest('hex').slice(0, 16), details, from };
+}
+
+/** msrun's --cluster_time_out (MS_TOPO_TIMEOUT, seconds) in ms when positive, else undefined. */
+export function msrunClusterTimeoutMs(env: Env): number | undefined {
+  const raw = (env['MS_TOPO_TIMEOUT'] ?? '').trim();
+  if (!/^\d+(\.\d+)?$/.test(raw)) return undefined;
+  const s = Number(raw);
+  return s > 0 ? Math.round(s * 1000) : undefined;
 }

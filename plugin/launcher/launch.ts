@@ -30,13 +30,14 @@
  * unified and mindformers slices them while loading (steps 2-5 are skipped).
  */
 import { execa } from 'execa';
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { formatBytes } from '../cli/progress.js';
-import { CoordinationError, Coordinator, type HeartbeatHandle } from '../coordination/coordinator.js';
+import { CoordinationError, Coordinator, DEFAULT_JOIN_TIMEOUT_MS, defaultPollInterval, type HeartbeatHandle } from '../coordination/coordinator.js';
 import { detectSharedDisk } from '../coordination/shared-disk.js';
+import { formatDuration } from '../units.js';
 import { describeError, FailureError, InputError } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic.js';
 import { mergeStrategies } from '../formats/strategy/merge.js';
@@ -52,7 +53,7 @@ import {
   assignConverters, checkRunConfig, commandOverrides, convertedLoadPath, deriveRunConfig, detectMindformersVersion, formatConfigProblem,
   rewriteCommand, RunConfigError, transformedNames, type ConverterAssignment, type FoundVersion, type RunConfig, type RunConfigReport,
 } from './config.js';
-import { MSRUN_VARS, rankIdentity, type RankIdentity } from './identity.js';
+import { jobIdentity, msrunClusterTimeoutMs, MSRUN_VARS, rankIdentity, type RankIdentity } from './identity.js';
 
 export interface LaunchOptions {
   /** The run YAML (never modified). */
@@ -69,6 +70,12 @@ export interface LaunchOptions {
   readonly barrierTimeoutMs?: number;
   /** Milliseconds without an awaited rank's heartbeat (converters: task beat; others: presence beat) before it counts as dead (default 60 s). */
   readonly heartbeatTimeoutMs?: number;
+  /**
+   * Milliseconds the ranks may take to join before the missing ones are named and every rank
+   * stops (default: the YAML's msckpt.join_timeout, else msrun's cluster_time_out from
+   * MS_TOPO_TIMEOUT, else 10 min).
+   */
+  readonly joinTimeoutMs?: number;
   /** Poll interval in milliseconds (default: the YAML's msckpt.poll_interval, else automatic). */
   readonly pollIntervalMs?: number;
   /** Force (true) or deny (false) a disk shared by all nodes; default: detected. */
@@ -394,7 +401,7 @@ async function strategyStep(ctx: Ctx, coord: Coordinator, dstOverride: string | 
     throw new FailureError(`the strategy-only pass exited with code ${r.code}${r.tail !== '' ? `: ${r.tail.split('\n').slice(-3).join(' | ')}` : ''}`);
   }
   if (!existsSync(mine)) throw new FailureError(`the strategy-only pass ended but wrote no ${mine}`);
-  await coord.publish('strategy', { file: mine });
+  await coord.publish('strategy'); // no data: every rank reads a barrier's data
   await coord.waitAll('strategy', { what: "every rank's strategy file" });
   if (cfg.parallelConfig.pipelineStage > 1) {
     if (id.rank === coord.leader) {
@@ -667,10 +674,20 @@ export async function launch(opts: LaunchOptions): Promise<number> {
         (shared
           ? `coordinating all ranks on ${singleNode ? 'one node' : sharedSetting === true && !disk.network ? 'a shared disk (as configured)' : `a shared disk (${disk.fsType ?? disk.reason})`}`
           : `no shared disk: node ${id.nodeRank} converts its own ranks ${group[0]}..${group[group.length - 1]}`) +
-        `${polling ? `, polling every ${pollInterval ?? 1000} ms` : ''}`,
+        `${polling ? `, polling every ${formatDuration(pollInterval ?? defaultPollInterval(group.length))}` : ''}`,
     );
   }
 
+  // the job's identity: what msrun gives all its ranks alike, and the YAML's real path; a rank of
+  // another job finds output/msckpt held and stops before writing anything
+  const yamlReal = (() => {
+    try {
+      return realpathSync(cfg.file);
+    } catch {
+      return cfg.file;
+    }
+  })();
+  const job = jobIdentity(env, yamlReal, id.worldSize);
   const coord = await Coordinator.open({
     root: shared ? join(cfg.paths.msckptDir, 'coord') : join(cfg.paths.msckptDir, 'coord', `node_${id.nodeRank}`),
     rank: id.rank,
@@ -680,7 +697,15 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     ...(pollInterval !== undefined ? { pollInterval } : {}),
     barrierTimeoutMs: barrierMs,
     heartbeatTimeoutMs: heartbeatMs,
+    joinTimeoutMs: opts.joinTimeoutMs ?? (settings.joinTimeout !== undefined ? settings.joinTimeout * 1000 : undefined) ?? msrunClusterTimeoutMs(env) ?? DEFAULT_JOIN_TIMEOUT_MS,
+    job: { id: job.id, yaml: yamlReal, details: job.details, lockDir: cfg.paths.msckptDir },
   });
+  if (id.rank === leader) {
+    log(
+      `job ${job.id} holds ${cfg.paths.msckptDir} (${job.from === 'msrun' ? `msrun scheduler ${job.details['scheduler']}` : 'no msrun scheduler address in the environment: known by its YAML and world size'}); ` +
+        `all ${group.length} ranks joined`,
+    );
+  }
   let stage = 'clean';
   await coord.setStage(stage);
   let trainYaml: string;
@@ -801,7 +826,8 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     await coord.setStage(stage);
     trainOverrides = { load_checkpoint: loadPath, auto_trans_ckpt: false };
     trainYaml = await writeDerived(ctx, 'train', trainOverrides);
-    await coord.close();
+    // the job keeps output/msckpt while it trains
+    await coord.close({ keepJob: true });
   } catch (err) {
     if (!(err instanceof CoordinationError && err.failedRank !== undefined)) await coord.fail(stage, err);
     await coord.close();
@@ -815,6 +841,10 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   }
 
   // 6. train
-  const r = await runCommand(derivedCommand(opts.command, trainYaml, trainOverrides), { cwd, env: childEnv(ctx) });
-  return r.code;
+  try {
+    const r = await runCommand(derivedCommand(opts.command, trainYaml, trainOverrides), { cwd, env: childEnv(ctx) });
+    return r.code;
+  } finally {
+    await coord.releaseJob();
+  }
 }

@@ -209,12 +209,12 @@ describe('coordination: generations', () => {
     await mkdir(join(dir, 'tickets'), { recursive: true });
     await writeFile(join(stale, 'admitted', 'rank_1.json'), JSON.stringify({ rank: 1, nonce: 'old' }));
     await writeFile(join(dir, 'current.json'), JSON.stringify({ generation: 'stale-1-abc' }));
-    const err = await Coordinator.open({ root: dir, rank: 1, ranks, barrierTimeoutMs: 100 }).then(
+    const err = await Coordinator.open({ root: dir, rank: 1, ranks, joinTimeoutMs: 100 }).then(
       () => null,
       (e: unknown) => e,
     );
     expect(err).toBeInstanceOf(CoordinationError);
-    expect(String((err as Error).message)).toMatch(/waiting for rank 0 to open/);
+    expect(String((err as Error).message)).toMatch(/waiting for rank 0 to admit this rank .*join timeout 0\.1 s/);
   });
 });
 

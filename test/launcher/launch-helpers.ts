@@ -117,6 +117,14 @@ export async function runJob(opts: {
   env?: Record<string, string>;
   workerNum?: number;
   machinePerNode?: boolean;
+  /** The run YAML in each node folder (default run.yaml). */
+  config?: string;
+  /** msrun --master_port (default 8118). */
+  masterPort?: number;
+  /** Each worker in its own process group, reported here (to SIGKILL a job). */
+  onSpawn?: (rank: number, pid: number) => void;
+  /** Start only these nodes. */
+  onlyNodes?: readonly number[];
 }): Promise<JobRun> {
   const workerNum = opts.workerNum ?? 8;
   const results = await msrun({
@@ -126,8 +134,11 @@ export async function runJob(opts: {
     logDir: opts.logDir,
     env: { STANDIN_REPORT_DIR: join(opts.logDir, 'reports'), ...opts.env },
     machinePerNode: opts.machinePerNode ?? false,
+    ...(opts.masterPort !== undefined ? { masterPort: opts.masterPort } : {}),
+    ...(opts.onSpawn !== undefined ? { onSpawn: opts.onSpawn } : {}),
+    ...(opts.onlyNodes !== undefined ? { onlyNodes: opts.onlyNodes } : {}),
     command: [
-      process.execPath, MSCKPT_BIN, 'launch', '--config', 'run.yaml', ...(opts.launchArgs ?? []),
+      process.execPath, MSCKPT_BIN, 'launch', '--config', opts.config ?? 'run.yaml', ...(opts.launchArgs ?? []),
       '--', process.execPath, '--import', TSX_LOADER, TRAIN_SCRIPT, '{config}',
     ],
   });

@@ -1,5 +1,5 @@
 /**
- * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout D] [--heartbeat-timeout D]
+ * `msckpt launch --config RUN.yaml [--dst-strategy P] [--barrier-timeout D] [--heartbeat-timeout D] [--join-timeout D]
  * [--poll-interval D] [--shared-disk | --no-shared-disk] [--local-worker-num N] [--memory SIZE]
  * [--safetensors-slicing convert|load-time] [--mindformers-version V]
  * -- <training command ...>`:
@@ -20,6 +20,7 @@ interface LaunchFlags {
   dstStrategy?: string;
   barrierTimeout?: string;
   heartbeatTimeout?: string;
+  joinTimeout?: string;
   pollInterval?: string;
   sharedDisk?: boolean;
   localWorkerNum?: string;
@@ -36,6 +37,7 @@ export function register(program: Command): void {
     .option('--dst-strategy <path>', "the job's strategy file or folder (skips the strategy-only pass)")
     .option('--barrier-timeout <duration>', 'longest wait at any barrier; a bare number is seconds, or 500ms, 2s, 10m, 1h (default 7200 s)')
     .option('--heartbeat-timeout <duration>', 'a converter silent this long is dead; a bare number is seconds (default 60 s)')
+    .option('--join-timeout <duration>', "ranks not started within this are named and every rank stops; a bare number is seconds, e.g. 600, 90s, 10m (default: msrun's cluster_time_out, else 10 min)")
     .option('--poll-interval <duration>', 'poll the shared disk this often; a bare number is seconds, e.g. 0.5 or 500ms (default: automatic)')
     .option('--shared-disk', 'output_dir is on a disk all nodes share (polling, one converter set for the job)')
     .option('--no-shared-disk', 'each node converts its own ranks into its local output_dir')
@@ -51,6 +53,7 @@ export function register(program: Command): void {
       const slicing = choiceFlag('--safetensors-slicing', flags.safetensorsSlicing, ['convert', 'load-time'] as const);
       const barrier = durationFlag('--barrier-timeout', flags.barrierTimeout);
       const heartbeat = durationFlag('--heartbeat-timeout', flags.heartbeatTimeout);
+      const join = durationFlag('--join-timeout', flags.joinTimeout);
       const poll = durationFlag('--poll-interval', flags.pollInterval);
       const memory = sizeFlag('--memory', flags.memory);
       const localWorkerNum = intFlag('--local-worker-num', flags.localWorkerNum, { min: 1, max: MAX_PROCESSES });
@@ -66,6 +69,7 @@ export function register(program: Command): void {
         ...(barrier !== undefined ? { barrierTimeoutMs: barrier } : {}),
         ...(heartbeat !== undefined ? { heartbeatTimeoutMs: heartbeat } : {}),
         ...(poll !== undefined ? { pollIntervalMs: poll } : {}),
+        ...(join !== undefined ? { joinTimeoutMs: join } : {}),
         ...(flags.sharedDisk !== undefined ? { sharedDisk: flags.sharedDisk } : {}),
         ...(memory !== undefined ? { memory } : {}),
         ...(slicing !== undefined ? { safetensorsSlicing: slicing } : {}),

@@ -240,6 +240,14 @@ function schemaFinding(e: ErrorObject, doc: Record<string, unknown>): { key: str
     }
     case 'anyOf':
       message = `has an invalid value: ${describeValue(value)}`;
+      if (/^msckpt\.\w+_(timeout|interval)$/.test(key) && (typeof value === 'string' || typeof value === 'number')) {
+        // a duration: say what is expected, as the flags do
+        try {
+          parseDuration(value, key);
+        } catch (err) {
+          message = (err as Error).message.replace(`${key}: `, '');
+        }
+      }
       break;
     case 'minimum':
     case 'exclusiveMinimum': {
@@ -356,6 +364,7 @@ export function readRunConfig(doc: Record<string, unknown>, rules: ReleaseRules)
       dstStrategy: typeof ms['dst_strategy'] === 'string' && ms['dst_strategy'] !== '' ? ms['dst_strategy'] : undefined,
       barrierTimeout: durationSeconds(ms['barrier_timeout']) ?? DEFAULT_BARRIER_TIMEOUT_S,
       heartbeatTimeout: durationSeconds(ms['heartbeat_timeout']) ?? DEFAULT_HEARTBEAT_TIMEOUT_S,
+      joinTimeout: durationSeconds(ms['join_timeout']),
       pollInterval: durationSeconds(ms['poll_interval']),
       sharedDisk: typeof ms['shared_disk'] === 'boolean' ? ms['shared_disk'] : undefined,
       mindformersVersion: versionText(version),

@@ -52,6 +52,8 @@ export interface MsckptSettings {
   dstStrategy: string | undefined;
   barrierTimeout: number;
   heartbeatTimeout: number;
+  /** Seconds ranks may take to start and join; undefined = the launcher's default (msrun's cluster_time_out, else 10 min). */
+  joinTimeout: number | undefined;
   /** Seconds; undefined = automatic (events, with polling on network file systems). */
   pollInterval: number | undefined;
   /** undefined = detect. */
