@@ -78,8 +78,8 @@ function makeLoraKernel(wasmModule) {
     var rowBytes = cols * es, stride = padded * es;
     var tileRows = Math.max(1, Math.min(rows, Math.floor(TILE / stride)));
     if (tileRows > 1 && tileRows < rows) tileRows &= ~1;
-    // memory: e[r pairs] acc[2 x bs x 8] A packed[strips x r x 8] B tile, W tile
-    var e = 0, acc = align(r * 16), ap = align(acc + bs * 128);
+    // memory: e[row pairs x r x 2] A packed[strips x r x 8] B tile, W tile
+    var e = 0, ap = align(((tileRows + 1) >>> 1) * r * 16);
     var bOff = align(ap + strips * r * 64), wOff = align(bOff + tileRows * r * 4);
     var end = wOff + tileRows * stride;
     var have = memory.buffer.byteLength;
@@ -109,7 +109,7 @@ function makeLoraKernel(wasmModule) {
         }
       }
       Bm.set(B.subarray(t * r, (t + n) * r));
-      merge(code, wOff, n, padded, bOff, r, ap, job.scale, e, acc, bs);
+      merge(code, wOff, n, padded, bOff, r, ap, job.scale, e, bs);
       if (stride === rowBytes) W.set(Wm.subarray(0, n * rowBytes), t * rowBytes);
       else for (i = 0; i < n; i++) W.set(Wm.subarray(i * stride, i * stride + rowBytes), (t + i) * rowBytes);
     }

@@ -4,176 +4,34 @@
 ;; Per element of W, in this order (e[k] = scale * B[i,k], all in IEEE double, round to nearest
 ;; even, no fused multiply-add):
 ;;   v = decode(W[i,j]);  for k in 0..r-1: v = v + e[k] * A[k,j];  W[i,j] = encode(v)
-;; where encode rounds v once to float32 and from there to W's dtype (Float64 W stores v), and a
-;; NaN is stored as the dtype's canonical quiet NaN. The scalar reference in
-;; test/lora/kernel-reference.ts does the same arithmetic one element at a time; the results are
-;; identical bytes.
+;; where decode is exact and encode rounds v once to float32 and from there to W's dtype (Float64
+;; W stores v); a NaN is stored as the dtype's canonical quiet NaN (positive, no payload). The
+;; scalar reference in test/lora/kernel-reference.ts does the same arithmetic one element at a
+;; time; the results are identical bytes.
 ;;
-;; Speed: two rows of W and eight columns (2 x 4 float64x2 accumulators in registers) take each
-;; rank step together: two broadcast loads of e, four loads of A, eight multiplies, eight adds.
-;; Columns are walked in blocks (`bs` strips) so that the block of packed A stays in cache while
-;; every row pair of the tile passes over it.
+;; Speed: two rows of W and eight columns (2 x 4 float64x2 accumulators, in registers) are decoded,
+;; take all r rank steps (per step: two broadcast loads of e, four loads of A, eight multiplies,
+;; eight adds), and are encoded back. Columns are walked in blocks (`bs` strips of 8) so that the
+;; block of packed A stays in cache while every row pair of the tile passes over it.
 ;;
 ;; Memory, laid out by the caller:
 ;;   ap: A as float64 in strips of 8 columns, ap[strip][k][0..7] (zero past the last column);
 ;;   w:  W rows in W's dtype, `cols` elements apart (cols is a multiple of 8: rows are padded);
 ;;   b:  B rows as float32, r apart;
-;;   e:  scratch, r pairs of float64; acc: scratch, 2 x bs x 8 float64.
+;;   e:  scratch for ceil(rows / 2) x r pairs of float64.
 ;; dtype codes: 0 Float32, 1 Float16, 2 BFloat16, 3 Float64.
 (module
   (memory (export "memory") 1)
 
-  ;; ---- decode n elements (a multiple of 8) at $src into float64 at $dst ------------------------
-  (func $decode (param $dtype i32) (param $src i32) (param $dst i32) (param $n i32)
-    (local $end i32) (local $x v128) (local $em v128) (local $f v128)
-    (if (i32.eqz (local.get $n)) (then (return)))
-    (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $n) (i32.const 3))))
-    (block $f64
-      (block $bf16
-        (block $f16
-          (block $f32
-            (br_table $f32 $f16 $bf16 $f64 (local.get $dtype)))
-          ;; Float32: widen
-          (loop $l
-            (v128.store offset=0 (local.get $dst) (f64x2.promote_low_f32x4 (v128.load64_zero offset=0 (local.get $src))))
-            (v128.store offset=16 (local.get $dst) (f64x2.promote_low_f32x4 (v128.load64_zero offset=8 (local.get $src))))
-            (local.set $src (i32.add (local.get $src) (i32.const 16)))
-            (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
-            (br_if $l (i32.lt_u (local.get $dst) (local.get $end))))
-          (return))
-        ;; Float16: exact, by integer operations (no table, no subnormal float operands)
-        (loop $l
-          (local.set $x (i32x4.extend_low_i16x8_u (v128.load64_zero (local.get $src))))
-          (local.set $em (v128.and (local.get $x) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff)))
-          ;; normal: move the exponent and mantissa into place, rebias 15 -> 127
-          (local.set $f (i32x4.add (i32x4.shl (local.get $em) (i32.const 13))
-                                   (v128.const i32x4 0x38000000 0x38000000 0x38000000 0x38000000)))
-          ;; subnormal and zero: m * 2^-24
-          (local.set $f (v128.bitselect
-            (f32x4.mul (f32x4.convert_i32x4_s (local.get $em)) (v128.const f32x4 0x1p-24 0x1p-24 0x1p-24 0x1p-24))
-            (local.get $f)
-            (i32x4.lt_s (local.get $em) (v128.const i32x4 0x400 0x400 0x400 0x400))))
-          ;; Inf and NaN
-          (local.set $f (v128.bitselect
-            (v128.or (i32x4.shl (local.get $em) (i32.const 13)) (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))
-            (local.get $f)
-            (i32x4.ge_s (local.get $em) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00))))
-          ;; sign
-          (local.set $f (v128.or (local.get $f)
-            (i32x4.shl (v128.and (local.get $x) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000)) (i32.const 16))))
-          (v128.store offset=0 (local.get $dst) (f64x2.promote_low_f32x4 (local.get $f)))
-          (v128.store offset=16 (local.get $dst) (f64x2.promote_low_f32x4
-            (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f) (local.get $f))))
-          (local.set $src (i32.add (local.get $src) (i32.const 8)))
-          (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
-          (br_if $l (i32.lt_u (local.get $dst) (local.get $end))))
-        (return))
-      ;; BFloat16: the upper half of a float32
-      (loop $l
-        (local.set $f (i32x4.shl (i32x4.extend_low_i16x8_u (v128.load64_zero (local.get $src))) (i32.const 16)))
-        (v128.store offset=0 (local.get $dst) (f64x2.promote_low_f32x4 (local.get $f)))
-        (v128.store offset=16 (local.get $dst) (f64x2.promote_low_f32x4
-          (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $f) (local.get $f))))
-        (local.set $src (i32.add (local.get $src) (i32.const 8)))
-        (local.set $dst (i32.add (local.get $dst) (i32.const 32)))
-        (br_if $l (i32.lt_u (local.get $dst) (local.get $end))))
-      (return))
-    ;; Float64
-    (memory.copy (local.get $dst) (local.get $src) (i32.shl (local.get $n) (i32.const 3))))
-
-  ;; ---- encode n float64 (a multiple of 8) at $src into W's dtype at $dst ----------------------
-  (func $encode (param $dtype i32) (param $src i32) (param $dst i32) (param $n i32)
-    (local $end i32) (local $x v128) (local $a v128) (local $r v128)
-    (if (i32.eqz (local.get $n)) (then (return)))
-    (local.set $end (i32.add (local.get $src) (i32.shl (local.get $n) (i32.const 3))))
-    (if (i32.eq (local.get $dtype) (i32.const 3))
-      (then
-        ;; Float64: canonical NaN
-        (loop $l
-          (local.set $x (v128.load (local.get $src)))
-          (v128.store (local.get $dst) (v128.bitselect
-            (v128.const i64x2 0x7ff8000000000000 0x7ff8000000000000) (local.get $x) (f64x2.ne (local.get $x) (local.get $x))))
-          (local.set $src (i32.add (local.get $src) (i32.const 16)))
-          (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
-          (br_if $l (i32.lt_u (local.get $src) (local.get $end))))
-        (return)))
-    (block $bf16
-      (block $f16
-        (block $f32
-          (br_table $f32 $f16 $bf16 (local.get $dtype)))
-        ;; Float32: round once, canonical NaN
-        (loop $l
-          (local.set $x (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23
-            (f32x4.demote_f64x2_zero (v128.load offset=0 (local.get $src)))
-            (f32x4.demote_f64x2_zero (v128.load offset=16 (local.get $src)))))
-          (v128.store (local.get $dst) (v128.bitselect
-            (v128.const i32x4 0x7fc00000 0x7fc00000 0x7fc00000 0x7fc00000) (local.get $x) (f32x4.ne (local.get $x) (local.get $x))))
-          (local.set $src (i32.add (local.get $src) (i32.const 32)))
-          (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
-          (br_if $l (i32.lt_u (local.get $src) (local.get $end))))
-        (return))
-      ;; Float16: round to float32, then to nearest even half
-      (loop $l
-        (local.set $x (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23
-          (f32x4.demote_f64x2_zero (v128.load offset=0 (local.get $src)))
-          (f32x4.demote_f64x2_zero (v128.load offset=16 (local.get $src)))))
-        (local.set $a (v128.and (local.get $x) (v128.const i32x4 0x7fffffff 0x7fffffff 0x7fffffff 0x7fffffff)))
-        ;; normal range: rebias 127 -> 15, add 0xfff plus the lowest kept bit (ties to even), shift
-        (local.set $r (i32x4.shr_u
-          (i32x4.add
-            (i32x4.add (local.get $a) (v128.const i32x4 0xc8000fff 0xc8000fff 0xc8000fff 0xc8000fff))
-            (v128.and (i32x4.shr_u (local.get $a) (i32.const 13)) (v128.const i32x4 1 1 1 1)))
-          (i32.const 13)))
-        ;; below 2^-14: adding 0.5 rounds to a multiple of 2^-24 (ties to even): the subnormal bits
-        (local.set $r (v128.bitselect
-          (i32x4.sub (f32x4.add (local.get $a) (v128.const f32x4 0.5 0.5 0.5 0.5))
-                     (v128.const i32x4 0x3f000000 0x3f000000 0x3f000000 0x3f000000))
-          (local.get $r)
-          (i32x4.lt_s (local.get $a) (v128.const i32x4 0x38800000 0x38800000 0x38800000 0x38800000))))
-        ;; 65520 and above (Inf and NaN included) give 0x7c00 or more: Inf
-        (local.set $r (i32x4.min_u (local.get $r) (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))
-        (local.set $r (v128.or (local.get $r)
-          (v128.and (i32x4.shr_u (local.get $x) (i32.const 16)) (v128.const i32x4 0x8000 0x8000 0x8000 0x8000))))
-        ;; NaN: canonical
-        (local.set $r (v128.bitselect
-          (v128.const i32x4 0x7e00 0x7e00 0x7e00 0x7e00)
-          (local.get $r)
-          (i32x4.gt_s (local.get $a) (v128.const i32x4 0x7f800000 0x7f800000 0x7f800000 0x7f800000))))
-        (v128.store64_lane 0 (local.get $dst) (i16x8.narrow_i32x4_u (local.get $r) (local.get $r)))
-        (local.set $src (i32.add (local.get $src) (i32.const 32)))
-        (local.set $dst (i32.add (local.get $dst) (i32.const 8)))
-        (br_if $l (i32.lt_u (local.get $src) (local.get $end))))
-      (return))
-    ;; BFloat16: round to float32, then to nearest even; canonical NaN
-    (loop $l
-      (local.set $x (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23
-        (f32x4.demote_f64x2_zero (v128.load offset=0 (local.get $src)))
-        (f32x4.demote_f64x2_zero (v128.load offset=16 (local.get $src)))))
-      (local.set $r (i32x4.shr_u
-        (i32x4.add
-          (i32x4.add (local.get $x) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
-          (v128.and (i32x4.shr_u (local.get $x) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
-        (i32.const 16)))
-      (local.set $r (v128.bitselect
-        (v128.const i32x4 0x7fc0 0x7fc0 0x7fc0 0x7fc0)
-        (local.get $r)
-        (f32x4.ne (local.get $x) (local.get $x))))
-      (v128.store64_lane 0 (local.get $dst) (i16x8.narrow_i32x4_u (local.get $r) (local.get $r)))
-      (local.set $src (i32.add (local.get $src) (i32.const 32)))
-      (local.set $dst (i32.add (local.get $dst) (i32.const 8)))
-      (br_if $l (i32.lt_u (local.get $src) (local.get $end)))))
-
-  ;; ---- the product -------------------------------------------------------------------------
-  ;; Rows [0, rows) of the W tile at $w receive their update.
   (func (export "merge")
     (param $dtype i32) (param $w i32) (param $rows i32) (param $cols i32)
-    (param $b i32) (param $r i32) (param $ap i32) (param $scale f64)
-    (param $e i32) (param $acc i32) (param $bs i32)
-    (local $es i32) (local $strips i32) (local $astride i32) (local $eend i32) (local $half i32)
-    (local $sb i32) (local $se i32) (local $n i32) (local $i i32) (local $i1 i32)
-    (local $row0 i32) (local $row1 i32) (local $bp0 i32) (local $bp1 i32)
-    (local $pacc i32) (local $pend i32) (local $pa i32) (local $pe i32)
-    (local $x0 v128) (local $x1 v128) (local $v v128)
+    (param $b i32) (param $r i32) (param $ap i32) (param $scale f64) (param $e i32) (param $bs i32)
+    (local $es i32) (local $strips i32) (local $astride i32) (local $estride i32)
+    (local $sb i32) (local $se i32) (local $i i32) (local $i1 i32) (local $s i32) (local $t i32)
+    (local $p0 i32) (local $p1 i32) (local $q i32) (local $bp0 i32) (local $bp1 i32)
+    (local $pa i32) (local $pe i32) (local $e0 i32) (local $eend i32)
+    (local $h v128) (local $m v128) (local $v v128) (local $x v128) (local $y v128)
+    (local $x0 v128) (local $x1 v128)
     (local $a0 v128) (local $a1 v128) (local $a2 v128) (local $a3 v128)
     (local $b0 v128) (local $b1 v128) (local $b2 v128) (local $b3 v128)
     (local.set $es (select (i32.const 4)
@@ -181,57 +39,116 @@
       (i32.eqz (local.get $dtype))))
     (local.set $strips (i32.shr_u (local.get $cols) (i32.const 3)))
     (local.set $astride (i32.shl (local.get $r) (i32.const 6)))
-    (local.set $eend (i32.add (local.get $e) (i32.shl (local.get $r) (i32.const 4))))
-    ;; the second row's accumulators start this far after the first's
-    (local.set $half (i32.shl (local.get $bs) (i32.const 6)))
+    (local.set $estride (i32.shl (local.get $r) (i32.const 4)))
+
+    ;; e for every row pair: (scale * B[i,k], scale * B[i1,k]) for k in 0..r-1; the last row of an
+    ;; odd count is paired with itself (both halves then compute and store the same values)
+    (local.set $pe (local.get $e))
+    (local.set $i (i32.const 0))
+    (block $e_done
+      (loop $e_rows
+        (br_if $e_done (i32.ge_u (local.get $i) (local.get $rows)))
+        (local.set $i1 (select (i32.add (local.get $i) (i32.const 1)) (local.get $i)
+          (i32.lt_u (i32.add (local.get $i) (i32.const 1)) (local.get $rows))))
+        (local.set $bp0 (i32.add (local.get $b) (i32.shl (i32.mul (local.get $i) (local.get $r)) (i32.const 2))))
+        (local.set $bp1 (i32.add (local.get $b) (i32.shl (i32.mul (local.get $i1) (local.get $r)) (i32.const 2))))
+        (local.set $eend (i32.add (local.get $pe) (local.get $estride)))
+        (block $k_done
+          (loop $k_loop
+            (br_if $k_done (i32.ge_u (local.get $pe) (local.get $eend)))
+            (f64.store offset=0 (local.get $pe) (f64.mul (local.get $scale) (f64.promote_f32 (f32.load (local.get $bp0)))))
+            (f64.store offset=8 (local.get $pe) (f64.mul (local.get $scale) (f64.promote_f32 (f32.load (local.get $bp1)))))
+            (local.set $bp0 (i32.add (local.get $bp0) (i32.const 4)))
+            (local.set $bp1 (i32.add (local.get $bp1) (i32.const 4)))
+            (local.set $pe (i32.add (local.get $pe) (i32.const 16)))
+            (br $k_loop)))
+        (local.set $i (i32.add (local.get $i) (i32.const 2)))
+        (br $e_rows)))
+
+    ;; column blocks; in each, every row pair; in each, every strip of 8 columns
     (local.set $sb (i32.const 0))
     (block $blocks_done
       (loop $blocks
         (br_if $blocks_done (i32.ge_u (local.get $sb) (local.get $strips)))
         (local.set $se (i32.add (local.get $sb) (local.get $bs)))
         (if (i32.gt_u (local.get $se) (local.get $strips)) (then (local.set $se (local.get $strips))))
-        (local.set $n (i32.shl (i32.sub (local.get $se) (local.get $sb)) (i32.const 3)))
-        (local.set $pend (i32.add (local.get $acc) (i32.shl (local.get $n) (i32.const 3))))
         (local.set $i (i32.const 0))
+        (local.set $e0 (local.get $e))
         (block $rows_done
           (loop $rows_loop
             (br_if $rows_done (i32.ge_u (local.get $i) (local.get $rows)))
-            ;; a pair of rows; the last one of an odd count is paired with itself
             (local.set $i1 (select (i32.add (local.get $i) (i32.const 1)) (local.get $i)
               (i32.lt_u (i32.add (local.get $i) (i32.const 1)) (local.get $rows))))
-            ;; e[k] = (scale * B[i,k], scale * B[i1,k])
-            (local.set $bp0 (i32.add (local.get $b) (i32.shl (i32.mul (local.get $i) (local.get $r)) (i32.const 2))))
-            (local.set $bp1 (i32.add (local.get $b) (i32.shl (i32.mul (local.get $i1) (local.get $r)) (i32.const 2))))
-            (local.set $pe (local.get $e))
-            (block $e_done
-              (loop $e_loop
-                (br_if $e_done (i32.ge_u (local.get $pe) (local.get $eend)))
-                (f64.store offset=0 (local.get $pe) (f64.mul (local.get $scale) (f64.promote_f32 (f32.load (local.get $bp0)))))
-                (f64.store offset=8 (local.get $pe) (f64.mul (local.get $scale) (f64.promote_f32 (f32.load (local.get $bp1)))))
-                (local.set $bp0 (i32.add (local.get $bp0) (i32.const 4)))
-                (local.set $bp1 (i32.add (local.get $bp1) (i32.const 4)))
-                (local.set $pe (i32.add (local.get $pe) (i32.const 16)))
-                (br $e_loop)))
-            (local.set $row0 (i32.add (local.get $w) (i32.mul (i32.add (i32.mul (local.get $i) (local.get $cols))
+            (local.set $p0 (i32.add (local.get $w) (i32.mul (i32.add (i32.mul (local.get $i) (local.get $cols))
               (i32.shl (local.get $sb) (i32.const 3))) (local.get $es))))
-            (local.set $row1 (i32.add (local.get $w) (i32.mul (i32.add (i32.mul (local.get $i1) (local.get $cols))
+            (local.set $p1 (i32.add (local.get $w) (i32.mul (i32.add (i32.mul (local.get $i1) (local.get $cols))
               (i32.shl (local.get $sb) (i32.const 3))) (local.get $es))))
-            (call $decode (local.get $dtype) (local.get $row0) (local.get $acc) (local.get $n))
-            (call $decode (local.get $dtype) (local.get $row1) (i32.add (local.get $acc) (local.get $half)) (local.get $n))
-            (if (i32.and (i32.ne (local.get $r) (i32.const 0)) (i32.ne (local.get $n) (i32.const 0)))
-              (then
-                (local.set $pacc (local.get $acc))
-                (local.set $pa (i32.add (local.get $ap) (i32.mul (local.get $sb) (local.get $astride))))
-                (loop $strip_loop
-                  (local.set $a0 (v128.load offset=0 (local.get $pacc)))
-                  (local.set $a1 (v128.load offset=16 (local.get $pacc)))
-                  (local.set $a2 (v128.load offset=32 (local.get $pacc)))
-                  (local.set $a3 (v128.load offset=48 (local.get $pacc)))
-                  (local.set $b0 (v128.load offset=0 (i32.add (local.get $pacc) (local.get $half))))
-                  (local.set $b1 (v128.load offset=16 (i32.add (local.get $pacc) (local.get $half))))
-                  (local.set $b2 (v128.load offset=32 (i32.add (local.get $pacc) (local.get $half))))
-                  (local.set $b3 (v128.load offset=48 (i32.add (local.get $pacc) (local.get $half))))
-                  (local.set $pe (local.get $e))
+            (local.set $eend (i32.add (local.get $e0) (local.get $estride)))
+            (local.set $pa (i32.add (local.get $ap) (i32.mul (local.get $sb) (local.get $astride))))
+            (local.set $s (local.get $sb))
+            (loop $strips_loop
+              ;; ---- decode 8 elements of row 1 (into b0..b3), then of row 0 (into a0..a3)
+              (local.set $t (i32.const 2))
+              (local.set $q (local.get $p1))
+              (loop $dec_rows
+                (block $decoded
+                  (block $widen
+                    (block $d_f64
+                      (block $d_bf16
+                        (block $d_f16
+                          (block $d_f32
+                            (br_table $d_f32 $d_f16 $d_bf16 $d_f64 (local.get $dtype)))
+                          ;; Float32
+                          (local.set $a0 (f64x2.promote_low_f32x4 (v128.load64_zero offset=0 (local.get $q))))
+                          (local.set $a1 (f64x2.promote_low_f32x4 (v128.load64_zero offset=8 (local.get $q))))
+                          (local.set $a2 (f64x2.promote_low_f32x4 (v128.load64_zero offset=16 (local.get $q))))
+                          (local.set $a3 (f64x2.promote_low_f32x4 (v128.load64_zero offset=24 (local.get $q))))
+                          (br $decoded))
+                        ;; Float16, exactly: the magnitude bits moved into a float32 and scaled by
+                        ;; 2^112 give normals and subnormals; the upper half of each word gets the
+                        ;; sign and, for Inf/NaN (exponent 31), the float32 exponent 255
+                        (local.set $h (v128.load (local.get $q)))
+                        (local.set $m (v128.and (local.get $h) (v128.const i16x8 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff 0x7fff)))
+                        (local.set $v (v128.or
+                          (v128.and (local.get $h) (v128.const i16x8 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000))
+                          (v128.and (i16x8.gt_s (local.get $m) (v128.const i16x8 0x7bff 0x7bff 0x7bff 0x7bff 0x7bff 0x7bff 0x7bff 0x7bff)) (v128.const i16x8 0x7f80 0x7f80 0x7f80 0x7f80 0x7f80 0x7f80 0x7f80 0x7f80))))
+                        (local.set $x (v128.or
+                          (f32x4.mul (i32x4.shl (i32x4.extend_low_i16x8_u (local.get $m)) (i32.const 13)) (v128.const f32x4 0x1p112 0x1p112 0x1p112 0x1p112))
+                          (i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 (v128.const i64x2 0 0) (local.get $v))))
+                        (local.set $y (v128.or
+                          (f32x4.mul (i32x4.shl (i32x4.extend_high_i16x8_u (local.get $m)) (i32.const 13)) (v128.const f32x4 0x1p112 0x1p112 0x1p112 0x1p112))
+                          (i8x16.shuffle 8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31 (v128.const i64x2 0 0) (local.get $v))))
+                        (br $widen))
+                      ;; BFloat16: the upper half of a float32
+                      (local.set $h (v128.load (local.get $q)))
+                      (local.set $x (i8x16.shuffle 0 1 16 17 2 3 18 19 4 5 20 21 6 7 22 23 (v128.const i64x2 0 0) (local.get $h)))
+                      (local.set $y (i8x16.shuffle 8 9 24 25 10 11 26 27 12 13 28 29 14 15 30 31 (v128.const i64x2 0 0) (local.get $h)))
+                      (br $widen))
+                    ;; Float64
+                    (local.set $a0 (v128.load offset=0 (local.get $q)))
+                    (local.set $a1 (v128.load offset=16 (local.get $q)))
+                    (local.set $a2 (v128.load offset=32 (local.get $q)))
+                    (local.set $a3 (v128.load offset=48 (local.get $q)))
+                    (br $decoded))
+                  ;; 16-bit dtypes: four float32 in x, four in y
+                  (local.set $a0 (f64x2.promote_low_f32x4 (local.get $x)))
+                  (local.set $a1 (f64x2.promote_low_f32x4 (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $x) (local.get $x))))
+                  (local.set $a2 (f64x2.promote_low_f32x4 (local.get $y)))
+                  (local.set $a3 (f64x2.promote_low_f32x4 (i8x16.shuffle 8 9 10 11 12 13 14 15 8 9 10 11 12 13 14 15 (local.get $y) (local.get $y)))))
+                (local.set $t (i32.sub (local.get $t) (i32.const 1)))
+                (if (local.get $t)
+                  (then
+                    (local.set $b0 (local.get $a0))
+                    (local.set $b1 (local.get $a1))
+                    (local.set $b2 (local.get $a2))
+                    (local.set $b3 (local.get $a3))
+                    (local.set $q (local.get $p0))
+                    (br $dec_rows))))
+
+              ;; ---- the r rank steps, in order of k
+              (local.set $pe (local.get $e0))
+              (if (local.get $r)
+                (then
                   (loop $k_loop
                     (local.set $x0 (v128.load64_splat offset=0 (local.get $pe)))
                     (local.set $x1 (v128.load64_splat offset=8 (local.get $pe)))
@@ -249,20 +166,93 @@
                     (local.set $b3 (f64x2.add (local.get $b3) (f64x2.mul (local.get $x1) (local.get $v))))
                     (local.set $pa (i32.add (local.get $pa) (i32.const 64)))
                     (local.set $pe (i32.add (local.get $pe) (i32.const 16)))
-                    (br_if $k_loop (i32.lt_u (local.get $pe) (local.get $eend))))
-                  (v128.store offset=0 (local.get $pacc) (local.get $a0))
-                  (v128.store offset=16 (local.get $pacc) (local.get $a1))
-                  (v128.store offset=32 (local.get $pacc) (local.get $a2))
-                  (v128.store offset=48 (local.get $pacc) (local.get $a3))
-                  (v128.store offset=0 (i32.add (local.get $pacc) (local.get $half)) (local.get $b0))
-                  (v128.store offset=16 (i32.add (local.get $pacc) (local.get $half)) (local.get $b1))
-                  (v128.store offset=32 (i32.add (local.get $pacc) (local.get $half)) (local.get $b2))
-                  (v128.store offset=48 (i32.add (local.get $pacc) (local.get $half)) (local.get $b3))
-                  (local.set $pacc (i32.add (local.get $pacc) (i32.const 64)))
-                  (br_if $strip_loop (i32.lt_u (local.get $pacc) (local.get $pend))))))
-            (call $encode (local.get $dtype) (local.get $acc) (local.get $row0) (local.get $n))
-            (if (i32.ne (local.get $i1) (local.get $i))
-              (then (call $encode (local.get $dtype) (i32.add (local.get $acc) (local.get $half)) (local.get $row1) (local.get $n))))
+                    (br_if $k_loop (i32.lt_u (local.get $pe) (local.get $eend))))))
+
+              ;; ---- encode row 0 (a0..a3), then row 1 (b0..b3 moved into a0..a3)
+              (local.set $t (i32.const 2))
+              (local.set $q (local.get $p0))
+              (loop $enc_rows
+                (block $encoded
+                  (block $n_f64
+                    (br_if $n_f64 (i32.eq (local.get $dtype) (i32.const 3)))
+                    ;; round once to float32: four values in x, four in y
+                    (local.set $x (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (f32x4.demote_f64x2_zero (local.get $a0)) (f32x4.demote_f64x2_zero (local.get $a1))))
+                    (local.set $y (i8x16.shuffle 0 1 2 3 4 5 6 7 16 17 18 19 20 21 22 23 (f32x4.demote_f64x2_zero (local.get $a2)) (f32x4.demote_f64x2_zero (local.get $a3))))
+                    (block $n_bf16
+                      (block $n_f16
+                        (block $n_f32
+                          (br_table $n_f32 $n_f16 $n_bf16 (local.get $dtype)))
+                        ;; Float32: canonical NaN
+                        (v128.store offset=0 (local.get $q) (v128.bitselect (v128.const i32x4 0x7fc00000 0x7fc00000 0x7fc00000 0x7fc00000) (local.get $x) (f32x4.ne (local.get $x) (local.get $x))))
+                        (v128.store offset=16 (local.get $q) (v128.bitselect (v128.const i32x4 0x7fc00000 0x7fc00000 0x7fc00000 0x7fc00000) (local.get $y) (f32x4.ne (local.get $y) (local.get $y))))
+                        (br $encoded))
+                      ;; Float16, to nearest even. Per word, with m = |x| bits: normal range:
+                      ;; rebias 127 -> 15, add 0xfff plus the lowest kept bit, shift; below 2^-14:
+                      ;; adding 0.5 rounds to a multiple of 2^-24 = the subnormal bits; 65520 and
+                      ;; above (Inf, NaN) clamp to 0x7c00. Then in 16-bit lanes: NaN -> 0x7e00,
+                      ;; the sign for the rest.
+                      (local.set $m (v128.and (local.get $x) (v128.const i32x4 0x7fffffff 0x7fffffff 0x7fffffff 0x7fffffff)))
+                      (local.set $x0 (i32x4.min_u
+                        (v128.bitselect
+                          (i32x4.sub (f32x4.add (local.get $m) (v128.const f32x4 0.5 0.5 0.5 0.5)) (v128.const i32x4 0x3f000000 0x3f000000 0x3f000000 0x3f000000))
+                          (i32x4.shr_u
+                            (i32x4.add (i32x4.add (local.get $m) (v128.const i32x4 0xc8000fff 0xc8000fff 0xc8000fff 0xc8000fff))
+                                       (v128.and (i32x4.shr_u (local.get $m) (i32.const 13)) (v128.const i32x4 1 1 1 1)))
+                            (i32.const 13))
+                          (i32x4.lt_s (local.get $m) (v128.const i32x4 0x38800000 0x38800000 0x38800000 0x38800000)))
+                        (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))
+                      (local.set $m (v128.and (local.get $y) (v128.const i32x4 0x7fffffff 0x7fffffff 0x7fffffff 0x7fffffff)))
+                      (local.set $x1 (i32x4.min_u
+                        (v128.bitselect
+                          (i32x4.sub (f32x4.add (local.get $m) (v128.const f32x4 0.5 0.5 0.5 0.5)) (v128.const i32x4 0x3f000000 0x3f000000 0x3f000000 0x3f000000))
+                          (i32x4.shr_u
+                            (i32x4.add (i32x4.add (local.get $m) (v128.const i32x4 0xc8000fff 0xc8000fff 0xc8000fff 0xc8000fff))
+                                       (v128.and (i32x4.shr_u (local.get $m) (i32.const 13)) (v128.const i32x4 1 1 1 1)))
+                            (i32.const 13))
+                          (i32x4.lt_s (local.get $m) (v128.const i32x4 0x38800000 0x38800000 0x38800000 0x38800000)))
+                        (v128.const i32x4 0x7c00 0x7c00 0x7c00 0x7c00)))
+                      (local.set $v (i16x8.narrow_i32x4_s (f32x4.ne (local.get $x) (local.get $x)) (f32x4.ne (local.get $y) (local.get $y))))
+                      (v128.store (local.get $q) (v128.or
+                        (v128.or (i16x8.narrow_i32x4_u (local.get $x0) (local.get $x1)) (v128.and (local.get $v) (v128.const i16x8 0x0200 0x0200 0x0200 0x0200 0x0200 0x0200 0x0200 0x0200)))
+                        (v128.andnot
+                          (v128.and (i16x8.narrow_i32x4_s (i32x4.shr_s (local.get $x) (i32.const 16)) (i32x4.shr_s (local.get $y) (i32.const 16)))
+                                    (v128.const i16x8 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000 0x8000))
+                          (local.get $v))))
+                      (br $encoded))
+                    ;; BFloat16, to nearest even; canonical NaN
+                    (local.set $x0 (i32x4.shr_u
+                      (i32x4.add (i32x4.add (local.get $x) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+                                 (v128.and (i32x4.shr_u (local.get $x) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+                      (i32.const 16)))
+                    (local.set $x1 (i32x4.shr_u
+                      (i32x4.add (i32x4.add (local.get $y) (v128.const i32x4 0x7fff 0x7fff 0x7fff 0x7fff))
+                                 (v128.and (i32x4.shr_u (local.get $y) (i32.const 16)) (v128.const i32x4 1 1 1 1)))
+                      (i32.const 16)))
+                    (v128.store (local.get $q) (v128.bitselect
+                      (v128.const i16x8 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0 0x7fc0)
+                      (i16x8.narrow_i32x4_u (local.get $x0) (local.get $x1))
+                      (i16x8.narrow_i32x4_s (f32x4.ne (local.get $x) (local.get $x)) (f32x4.ne (local.get $y) (local.get $y)))))
+                    (br $encoded))
+                  ;; Float64: canonical NaN
+                  (v128.store offset=0 (local.get $q) (v128.bitselect (v128.const i64x2 0x7ff8000000000000 0x7ff8000000000000) (local.get $a0) (f64x2.ne (local.get $a0) (local.get $a0))))
+                  (v128.store offset=16 (local.get $q) (v128.bitselect (v128.const i64x2 0x7ff8000000000000 0x7ff8000000000000) (local.get $a1) (f64x2.ne (local.get $a1) (local.get $a1))))
+                  (v128.store offset=32 (local.get $q) (v128.bitselect (v128.const i64x2 0x7ff8000000000000 0x7ff8000000000000) (local.get $a2) (f64x2.ne (local.get $a2) (local.get $a2))))
+                  (v128.store offset=48 (local.get $q) (v128.bitselect (v128.const i64x2 0x7ff8000000000000 0x7ff8000000000000) (local.get $a3) (f64x2.ne (local.get $a3) (local.get $a3)))))
+                (local.set $t (i32.sub (local.get $t) (i32.const 1)))
+                (if (local.get $t)
+                  (then
+                    (local.set $a0 (local.get $b0))
+                    (local.set $a1 (local.get $b1))
+                    (local.set $a2 (local.get $b2))
+                    (local.set $a3 (local.get $b3))
+                    (local.set $q (local.get $p1))
+                    (br $enc_rows))))
+
+              (local.set $p0 (i32.add (local.get $p0) (i32.shl (local.get $es) (i32.const 3))))
+              (local.set $p1 (i32.add (local.get $p1) (i32.shl (local.get $es) (i32.const 3))))
+              (local.set $s (i32.add (local.get $s) (i32.const 1)))
+              (br_if $strips_loop (i32.lt_u (local.get $s) (local.get $se))))
+            (local.set $e0 (local.get $eend))
             (local.set $i (i32.add (local.get $i) (i32.const 2)))
             (br $rows_loop)))
         (local.set $sb (local.get $se))
