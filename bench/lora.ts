@@ -12,7 +12,7 @@
  */
 import { execa } from 'execa';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createCheckpointSink } from '../plugin/formats/ckpt/index.js';
@@ -166,6 +166,7 @@ async function kernelFigures(): Promise<void> {
 }
 
 export async function run(): Promise<void> {
+  process.stdout.write(`load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} on ${availableParallelism()} cores\n`);
   await kernelFigures();
   const dir = await mkdtemp(join(tmpdir(), 'msckpt-bench-lora-'));
   try {
