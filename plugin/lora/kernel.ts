@@ -10,11 +10,12 @@
  * the dtype's canonical quiet NaN; overflow gives Inf as a cast does.
  *
  * The product runs in WebAssembly SIMD128 (`kernel/lora.wat`, assembled into `kernel/wasm.ts` by
- * `npm run build:kernel`): two float64 lanes, sixteen columns of W per pass over the r rank
- * vectors, A repacked as float64 in strips of sixteen columns and walked in column blocks that
- * stay in cache, W decoded to float64 and encoded back with integer SIMD (no tables). The
- * WebAssembly instance has its own memory: W and B are staged into it in tiles of a few hundred
- * KiB (copies that stay in cache) and W written back.
+ * `npm run build:kernel`): two rows x eight columns of W held as float64 pairs in registers take
+ * all r rank steps at once (the rank steps run at the two-lane float64 limit, about four
+ * multiply-adds per cycle); A is repacked as float64 in strips of eight columns, walked in column
+ * blocks that stay in cache; W is decoded and encoded with integer SIMD (no tables). The
+ * WebAssembly instance has its own memory: W (rows padded to a multiple of eight columns) and B
+ * are staged into it in tiles of 256 KiB and W is copied back.
  *
  * The glue below is written once, as plain JavaScript source: it runs on the main thread (compiled
  * with `new Function`) and in worker threads (`new Worker(source, { eval: true })`, which works
