@@ -61,7 +61,7 @@ export interface KernelJob {
 const GLUE_SOURCE = String.raw`
 function makeLoraKernel(wasmModule) {
   var TILE = 256 * 1024;     // W bytes staged per call
-  var A_BLOCK = 256 * 1024;  // packed A bytes per column block
+  var A_BLOCK = 64 * 1024;   // packed A bytes per column block (64 KiB measured best)
   var ES = [4, 2, 2, 8];
   var exp = new WebAssembly.Instance(wasmModule, {}).exports;
   var memory = exp.memory;
