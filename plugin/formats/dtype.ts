@@ -152,6 +152,9 @@ export function f32BitsToF16(bits: number): number {
   return sign | r;
 }
 
+/** 2^(e - 15) for the float16 exponents (a table: `2 ** e` with a variable e calls Math.pow). */
+const F16_SCALE = Float64Array.from({ length: 32 }, (_, e) => 2 ** (e - 15));
+
 /** float16 bits -> float32 value (exact). */
 export function f16BitsToF32(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
@@ -159,7 +162,7 @@ export function f16BitsToF32(h: number): number {
   const mant = h & 0x3ff;
   if (exp === 0) return sign * mant * 2 ** -24;
   if (exp === 0x1f) return mant !== 0 ? NaN : sign * Infinity;
-  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+  return sign * (1 + mant / 1024) * (F16_SCALE[exp] as number);
 }
 
 export function bf16BitsToF32(h: number): number {

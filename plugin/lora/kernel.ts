@@ -2,22 +2,30 @@
  * The LoRA product kernel: W[rows, cols] += scale * B[rows, r] @ A[r, cols], in place on W's
  * stored bytes (Float32, Float16, BFloat16 or Float64).
  *
- * Numerics: W, B and A are float32 values (or W's float64); the update is accumulated in double
- * precision per element and rounded once to float32 and then to W's dtype with round to nearest
- * even (one extra rounding only for 16-bit W, at most one unit in the last place).
+ * Numerics: W, B and A are float32 values (or W's float64). Per element of W, in this order:
+ * `v = W; for k in 0..r-1: v = v + (scale * B[i,k]) * A[k,j]`, every operation in IEEE double
+ * with round to nearest even (no fused multiply-add); then v is rounded once to float32 and from
+ * there to W's dtype with round to nearest even (Float64 W takes v itself). The result is within
+ * one unit in the last place of the exact value for 16-bit and 32-bit W. A NaN result is stored as
+ * the dtype's canonical quiet NaN; overflow gives Inf as a cast does.
  *
- * Speed: r is small, so each row of W receives r rank-1 updates. The kernel walks column blocks
- * (so the r rows of A for the block stay in cache), decodes one row segment of W into a double
- * accumulator, applies the updates eight at a time (measured: 1.5 GMAC/s against 1.2 for four and 1.05 for sixteen), and encodes it back. Decoding 16-bit values uses
- * a 65536-entry table.
+ * The product runs in WebAssembly SIMD128 (`kernel/lora.wat`, assembled into `kernel/wasm.ts` by
+ * `npm run build:kernel`): two rows x eight columns of W held as float64 pairs in registers take
+ * all r rank steps at once (the rank steps run at the two-lane float64 limit, about four
+ * multiply-adds per cycle); A is repacked as float64 in strips of eight columns, walked in column
+ * blocks that stay in cache; W is decoded and encoded with integer SIMD (no tables). The
+ * WebAssembly instance has its own memory: W (rows padded to a multiple of eight columns) and B
+ * are staged into it in tiles of 256 KiB and W is copied back.
  *
- * The kernel is written once, as plain JavaScript source: it runs on the main thread (compiled with
- * `new Function`) and in worker threads (`new Worker(source, { eval: true })`), which also works
- * when the TypeScript sources run through tsx, since workers do not inherit its loader.
+ * The glue below is written once, as plain JavaScript source: it runs on the main thread (compiled
+ * with `new Function`) and in worker threads (`new Worker(source, { eval: true })`, which works
+ * when the TypeScript sources run through tsx, since workers do not inherit its loader). Every
+ * thread instantiates the same compiled module (compiled once, handed to the workers).
  */
 import { Worker } from 'node:worker_threads';
 import { FailureError } from '../errors.js';
 import type { DType } from '../formats/dtype.js';
+import { KERNEL_WASM_BASE64 } from './kernel/wasm.js';
 
 /** dtype codes understood by the kernel. */
 export const KERNEL_DTYPES: Readonly<Record<string, number>> = { Float32: 0, Float16: 1, BFloat16: 2, Float64: 3 };
@@ -46,114 +54,65 @@ export interface KernelJob {
   readonly scale: number;
 }
 
-/** The kernel's JavaScript source: defines `makeLoraKernel()` returning `kernel(job)`. */
-export const KERNEL_SOURCE = String.raw`
-function makeLoraKernel() {
-  var COLS_BLOCK = 2048;
-  var f16Table = null;
-  var bf16Table = null;
-  var acc = new Float64Array(COLS_BLOCK);
-  var s32 = new Float32Array(COLS_BLOCK);
-  var u32 = new Uint32Array(s32.buffer);
-  function f16ToF32(h) {
-    var sign = (h & 0x8000) ? -1 : 1;
-    var e = (h >>> 10) & 0x1f;
-    var m = h & 0x3ff;
-    if (e === 0) return sign * m * 5.960464477539063e-8;
-    if (e === 0x1f) return m !== 0 ? NaN : sign * Infinity;
-    return sign * (1 + m / 1024) * Math.pow(2, e - 15);
-  }
-  function tables(code) {
-    if (code === 1 && f16Table === null) {
-      f16Table = new Float32Array(65536);
-      for (var i = 0; i < 65536; i++) f16Table[i] = f16ToF32(i);
-    }
-    if (code === 2 && bf16Table === null) {
-      bf16Table = new Float32Array(65536);
-      var bu = new Uint32Array(bf16Table.buffer);
-      for (var k = 0; k < 65536; k++) bu[k] = (k << 16) >>> 0;
-    }
-  }
-  function toF16(bits) {
-    var sign = (bits >>> 16) & 0x8000;
-    var exp = (bits >>> 23) & 0xff;
-    var mant = bits & 0x7fffff;
-    if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 | (mant >>> 13) : 0);
-    var e = exp - 112;
-    if (e >= 0x1f) return sign | 0x7c00;
-    if (e <= 0) {
-      if (e < -10) return sign;
-      mant = mant | 0x800000;
-      var shift = 14 - e;
-      var half = 1 << (shift - 1);
-      var rem = mant & ((1 << shift) - 1);
-      var q = mant >>> shift;
-      if (rem > half || (rem === half && (q & 1) === 1)) q += 1;
-      return sign | q;
-    }
-    var rm = mant & 0x1fff;
-    var r = (e << 10) | (mant >>> 13);
-    if (rm > 0x1000 || (rm === 0x1000 && (r & 1) === 1)) r += 1;
-    return sign | r;
-  }
-  function toBf16(bits) {
-    if ((bits & 0x7fffffff) > 0x7f800000) return ((bits >>> 16) | 0x0040) & 0xffff;
-    return (((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 0) >>> 16) & 0xffff;
-  }
+/**
+ * The glue's JavaScript source: defines `makeLoraKernel(module)` returning `kernel(job)`, which
+ * stages a job through one WebAssembly instance of the kernel module.
+ */
+const GLUE_SOURCE = String.raw`
+function makeLoraKernel(wasmModule) {
+  var TILE = 256 * 1024;     // W bytes staged per call
+  var A_BLOCK = 64 * 1024;   // packed A bytes per column block (64 KiB measured best)
+  var ES = [4, 2, 2, 8];
+  var exp = new WebAssembly.Instance(wasmModule, {}).exports;
+  var memory = exp.memory;
+  var merge = exp.merge;
+  function align(x) { return (x + 63) & ~63; }
   return function kernel(job) {
     var code = job.dtype;
-    tables(code);
-    var cols = job.cols, r = job.r, scale = job.scale;
-    var B = new Float32Array(job.b, job.bOffset, (job.rowEnd) * r);
+    var es = ES[code];
+    if (es === undefined) throw new Error('unknown dtype code ' + code);
+    var cols = job.cols, r = job.r, rowBegin = job.rowBegin, rows = job.rowEnd - rowBegin;
+    if (!(rows > 0) || !(cols > 0)) return;
+    // rows are staged padded to a multiple of 8 columns (zeros), A is packed in strips of 8
+    var strips = (cols + 7) >>> 3, padded = strips * 8;
+    var bs = Math.max(1, Math.min(strips, Math.floor(A_BLOCK / (Math.max(1, r) * 64))));
+    var rowBytes = cols * es, stride = padded * es;
+    var tileRows = Math.max(1, Math.min(rows, Math.floor(TILE / stride)));
+    if (tileRows > 1 && tileRows < rows) tileRows &= ~1;
+    // memory: e[row pairs x r x 2] A packed[strips x r x 8] B tile, W tile
+    var e = 0, ap = align(((tileRows + 1) >>> 1) * r * 16);
+    var bOff = align(ap + strips * r * 64), wOff = align(bOff + tileRows * r * 4);
+    var end = wOff + tileRows * stride;
+    var have = memory.buffer.byteLength;
+    if (end > have) memory.grow(Math.ceil((end - have) / 65536));
+    var buf = memory.buffer;
     var A = new Float32Array(job.a, job.aOffset, r * cols);
-    var W32 = null, W16 = null, W64 = null;
-    var total = job.rowEnd * cols;
-    if (code === 0) W32 = new Float32Array(job.w, job.wOffset, total);
-    else if (code === 3) W64 = new Float64Array(job.w, job.wOffset, total);
-    else W16 = new Uint16Array(job.w, job.wOffset, total);
-    var table = code === 1 ? f16Table : bf16Table;
-    for (var cb = 0; cb < cols; cb += COLS_BLOCK) {
-      var n = cols - cb < COLS_BLOCK ? cols - cb : COLS_BLOCK;
-      for (var i = job.rowBegin; i < job.rowEnd; i++) {
-        var base = i * cols + cb;
-        var j;
-        if (code === 0) for (j = 0; j < n; j++) acc[j] = W32[base + j];
-        else if (code === 3) for (j = 0; j < n; j++) acc[j] = W64[base + j];
-        else for (j = 0; j < n; j++) acc[j] = table[W16[base + j]];
-        var bRow = i * r;
-        var k = 0;
-        for (; k + 8 <= r; k += 8) {
-          var o = bRow + k;
-          var e0 = scale * B[o], e1 = scale * B[o + 1], e2 = scale * B[o + 2], e3 = scale * B[o + 3];
-          var e4 = scale * B[o + 4], e5 = scale * B[o + 5], e6 = scale * B[o + 6], e7 = scale * B[o + 7];
-          var p0 = k * cols + cb, p1 = p0 + cols, p2 = p1 + cols, p3 = p2 + cols;
-          var p4 = p3 + cols, p5 = p4 + cols, p6 = p5 + cols, p7 = p6 + cols;
-          for (j = 0; j < n; j++) {
-            acc[j] += ((e0 * A[p0 + j] + e1 * A[p1 + j]) + (e2 * A[p2 + j] + e3 * A[p3 + j]))
-              + ((e4 * A[p4 + j] + e5 * A[p5 + j]) + (e6 * A[p6 + j] + e7 * A[p7 + j]));
-          }
-        }
-        for (; k + 4 <= r; k += 4) {
-          var c0 = scale * B[bRow + k], c1 = scale * B[bRow + k + 1];
-          var c2 = scale * B[bRow + k + 2], c3 = scale * B[bRow + k + 3];
-          var a0 = k * cols + cb, a1 = a0 + cols, a2 = a1 + cols, a3 = a2 + cols;
-          for (j = 0; j < n; j++) {
-            acc[j] += c0 * A[a0 + j] + c1 * A[a1 + j] + c2 * A[a2 + j] + c3 * A[a3 + j];
-          }
-        }
-        for (; k < r; k++) {
-          var c = scale * B[bRow + k];
-          var ak = k * cols + cb;
-          for (j = 0; j < n; j++) acc[j] += c * A[ak + j];
-        }
-        if (code === 0) for (j = 0; j < n; j++) W32[base + j] = acc[j];
-        else if (code === 3) for (j = 0; j < n; j++) W64[base + j] = acc[j];
-        else {
-          for (j = 0; j < n; j++) s32[j] = acc[j];
-          if (code === 1) for (j = 0; j < n; j++) W16[base + j] = toF16(u32[j]);
-          else for (j = 0; j < n; j++) W16[base + j] = toBf16(u32[j]);
+    var P = new Float64Array(buf, ap, strips * r * 8);
+    for (var s = 0; s < strips; s++) {
+      var c0 = s * 8, w = cols - c0 < 8 ? cols - c0 : 8;
+      for (var k = 0; k < r; k++) {
+        var src = k * cols + c0, dst = (s * r + k) * 8, j = 0;
+        for (; j < w; j++) P[dst + j] = A[src + j];
+        for (; j < 8; j++) P[dst + j] = 0;
+      }
+    }
+    var B = new Float32Array(job.b, job.bOffset + rowBegin * r * 4, rows * r);
+    var W = new Uint8Array(job.w, job.wOffset + rowBegin * rowBytes, rows * rowBytes);
+    var Bm = new Float32Array(buf, bOff, tileRows * r);
+    var Wm = new Uint8Array(buf, wOff, tileRows * stride);
+    for (var t = 0; t < rows; t += tileRows) {
+      var n = rows - t < tileRows ? rows - t : tileRows, i;
+      if (stride === rowBytes) Wm.set(W.subarray(t * rowBytes, (t + n) * rowBytes));
+      else {
+        for (i = 0; i < n; i++) {
+          Wm.set(W.subarray((t + i) * rowBytes, (t + i + 1) * rowBytes), i * stride);
+          Wm.fill(0, i * stride + rowBytes, (i + 1) * stride);
         }
       }
+      Bm.set(B.subarray(t * r, (t + n) * r));
+      merge(code, wOff, n, padded, bOff, r, ap, job.scale, e, bs);
+      if (stride === rowBytes) W.set(Wm.subarray(0, n * rowBytes), t * rowBytes);
+      else for (i = 0; i < n; i++) W.set(Wm.subarray(i * stride, i * stride + rowBytes), (t + i) * rowBytes);
     }
   };
 }
@@ -161,21 +120,40 @@ function makeLoraKernel() {
 
 type KernelFn = (job: KernelJob) => void;
 
+/** The WebAssembly API this file uses (the project's TypeScript libs do not declare it). */
+interface WasmApi {
+  Module: new (bytes: Uint8Array) => object;
+}
+
+let compiled: object | null = null;
 let mainKernel: KernelFn | null = null;
+
+/** The kernel's compiled WebAssembly module (compiled once per process, shared with workers). */
+function kernelModule(): object {
+  if (compiled === null) {
+    const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+    compiled = new wasm.Module(Buffer.from(KERNEL_WASM_BASE64, 'base64'));
+  }
+  return compiled;
+}
 
 /** Run the kernel on the calling thread. */
 export function runKernel(job: KernelJob): void {
   if (mainKernel === null) {
     // eslint-disable-next-line @typescript-eslint/no-implied-eval
-    const make = new Function(`${KERNEL_SOURCE}\nreturn makeLoraKernel;`)() as () => KernelFn;
-    mainKernel = make();
+    const make = new Function(`${GLUE_SOURCE}\nreturn makeLoraKernel;`)() as (m: object) => KernelFn;
+    mainKernel = make(kernelModule());
   }
-  mainKernel(job);
+  try {
+    mainKernel(job);
+  } catch (err) {
+    throw new FailureError(`LoRA kernel: ${err instanceof Error ? err.message : String(err)}`);
+  }
 }
 
-const WORKER_SOURCE = `${KERNEL_SOURCE}
-const { parentPort } = typeof require === 'function' ? require('node:worker_threads') : process.getBuiltinModule('node:worker_threads');
-const kernel = makeLoraKernel();
+const WORKER_SOURCE = `${GLUE_SOURCE}
+const { parentPort, workerData } = require('node:worker_threads');
+const kernel = makeLoraKernel(workerData.module);
 parentPort.on('message', (msg) => {
   try {
     kernel(msg.job);
@@ -208,7 +186,7 @@ export class KernelPool {
 
   private ensureWorkers(): void {
     while (this.workers.length < this.threads - 1) {
-      const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [] });
+      const w = new Worker(WORKER_SOURCE, { eval: true, execArgv: [], workerData: { module: kernelModule() } });
       w.on('message', (msg: { id: number; error?: string }) => {
         const p = this.pending.get(msg.id);
         if (p === undefined) return;
