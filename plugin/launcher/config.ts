@@ -5,12 +5,13 @@
  * collected and reported together.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
 import yaml from 'js-yaml';
 import { packageFile } from '../package-files.js';
+import { surveyWeights, type WeightsFormat } from '../formats/resolve.js';
 import { InputError } from '../errors.js';
 import { canonicalPath, isSameOrInsideCanonical, jobPaths, type JobPaths } from './paths.js';
 import { joinKeyPath, loadYamlWithPositions, YamlSyntaxError, type LocatedYaml } from './yaml-positions.js';
@@ -18,7 +19,8 @@ import { joinKeyPath, loadYamlWithPositions, YamlSyntaxError, type LocatedYaml }
 // ---------------------------------------------------------------------------------------------
 // Types
 
-export type LoadCkptFormat = 'ckpt' | 'safetensors';
+/** Alias of the one format type, kept until this file's owner removes it. */
+export type LoadCkptFormat = WeightsFormat;
 export type ParallelModeName = 'data_parallel' | 'semi_auto_parallel' | 'auto_parallel' | 'hybrid_parallel' | 'stand_alone';
 
 export interface RunParallelConfig {
@@ -338,45 +340,11 @@ function isPowerOfTwo(n: number): boolean {
   return Number.isSafeInteger(n) && n >= 1 && (n & (n - 1)) === 0;
 }
 
-const CKPT_EXT: Record<LoadCkptFormat, RegExp> = {
-  ckpt: /\.ckpt$/,
-  safetensors: /\.safetensors$|\.safetensors\.index\.json$/,
-};
-
-/** What a checkpoint path holds on disk, for the given format. */
+/** What a checkpoint path holds on disk, for the given format (the resolver's survey). */
 export async function inspectCheckpointPath(path: string, format: LoadCkptFormat = 'ckpt'): Promise<CheckpointInfo> {
-  const abs = resolve(path);
-  const info: CheckpointInfo = { path: abs, kind: 'missing', ranks: [], missingRank: undefined, files: [] };
-  let st;
-  try {
-    st = await stat(abs);
-  } catch {
-    return info;
-  }
-  if (!st.isDirectory()) {
-    info.kind = 'file';
-    info.files = [abs];
-    return info;
-  }
-  const entries = await readdir(abs, { withFileTypes: true });
-  for (const e of entries) {
-    const m = /^rank_(\d+)$/.exec(e.name);
-    if (m !== null && (e.isDirectory() || e.isSymbolicLink())) info.ranks.push(Number(m[1]));
-    else if (CKPT_EXT[format].test(e.name) && !e.isDirectory()) info.files.push(join(abs, e.name));
-  }
-  info.ranks.sort((a, b) => a - b);
-  info.files.sort();
-  if (info.ranks.length > 0) {
-    info.kind = 'rank-dir';
-    for (let i = 0; i < info.ranks.length; i++) {
-      if (info.ranks[i] !== i) {
-        info.missingRank = i;
-        break;
-      }
-    }
-  } else if (info.files.length > 0) info.kind = 'complete-dir';
-  else info.kind = 'empty-dir';
-  return info;
+  const s = await surveyWeights(path, format);
+  const kind: CheckpointInfo['kind'] = s.kind !== 'folder' ? s.kind : s.rankFolders.length > 0 ? 'rank-dir' : s.files.length > 0 ? 'complete-dir' : 'empty-dir';
+  return { path: s.path, kind, ranks: [...s.rankFolders], missingRank: s.missingRank, files: [...s.files] };
 }
 
 // ---------------------------------------------------------------------------------------------

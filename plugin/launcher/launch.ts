@@ -45,7 +45,8 @@ import {
   TransformBuffers, transformGroupBufferSizes, transformGroupSize,
 } from '../transform/execute.js';
 import type { TensorSink } from '../formats/types.js';
-import { loadRunConfig, deriveRunConfig, transformedNames, type RunConfig } from './config.js';
+import { resolveWeights, sourceStem, type ResolvedWeights } from '../formats/resolve.js';
+import { loadRunConfig, deriveRunConfig, type RunConfig } from './config.js';
 import { rankIdentity, type RankIdentity } from './identity.js';
 
 export interface LaunchOptions {
@@ -322,38 +323,36 @@ function abs(ctx: Ctx, p: string): string {
 }
 
 /**
- * The sources to convert: one folder of rank_N, or each complete file (its stem is the name).
- * With safetensors a folder of complete weights is one source named after the folder: a unified
- * folder (`param_name_map.json`; path: the folder) or an HF index (path: the index file); a
- * folder holding a single file is that file, named by its stem.
+ * The sources to convert, from the one resolver: a folder of rank_N (named after the folder), a
+ * unified folder or HF-index folder (named after the folder), or each complete file (named by its
+ * stem). With safetensors, several complete files without an index are refused (nothing says
+ * which tensor is where).
  */
-export async function launchSources(cfg: RunConfig): Promise<Array<{ name: string; path: string }>> {
+export async function launchSources(cfg: RunConfig): Promise<Array<{ name: string; path: string; resolved: ResolvedWeights }>> {
   const s = cfg.source;
   if (s === undefined || s.kind === 'missing' || s.kind === 'empty-dir') {
     throw new InputError(`load_checkpoint '${cfg.loadCheckpoint}' holds no checkpoint to convert`, { key: 'load_checkpoint' });
   }
-  const names = transformedNames(s);
-  if (s.kind === 'rank-dir') return [{ name: names[0] as string, path: s.path }];
-  if (cfg.loadCkptFormat === 'safetensors' && s.kind === 'complete-dir') {
-    const listed = (await listNames(s.path)).filter((e) => !e.dir).map((e) => e.name);
-    const indexes = listed.filter((n) => n.endsWith('.index.json'));
-    if (listed.includes('param_name_map.json')) return [{ name: basename(s.path), path: s.path }];
-    if (indexes.length === 1) return [{ name: basename(s.path), path: join(s.path, indexes[0] as string) }];
-    if (indexes.length > 1) {
-      throw new InputError(`holds ${indexes.length} index files (${indexes.join(', ')}); keep the one of these weights`, { file: s.path, key: 'load_checkpoint' });
-    }
-    const weights = s.files.filter((f) => /\.safetensors$/i.test(f));
-    if (weights.length > 1) {
-      throw new InputError(
-        `holds ${weights.length} .safetensors files but no param_name_map.json or *.index.json to say which tensor is where; ` +
-          'add the index of these weights (or keep one complete file in the folder)',
-        { file: s.path, key: 'load_checkpoint' },
-      );
-    }
-    const f = weights[0] as string;
-    return [{ name: (basename(f).split('.')[0] as string) || 'checkpoint', path: f }];
+  const r = await resolveWeights(s.path, { format: cfg.loadCkptFormat });
+  switch (r.kind) {
+    case 'ranks':
+    case 'unified':
+      return [{ name: basename(r.path), path: r.path, resolved: r }];
+    case 'index':
+      // the folder holding the index is named after the folder; an index file given by name by its stem
+      return [{ name: r.index.path === r.path ? sourceStem(r.path) : basename(r.path), path: r.index.path, resolved: r }];
+    case 'file':
+      return [{ name: sourceStem(r.path), path: r.path, resolved: r }];
+    case 'files':
+      if (r.format === 'safetensors' && r.sources.length > 1) {
+        throw new InputError(
+          `holds ${r.sources.length} .safetensors files but no param_name_map.json or *.index.json to say which tensor is where; ` +
+            'add the index of these weights (or keep one complete file in the folder)',
+          { file: r.path, key: 'load_checkpoint' },
+        );
+      }
+      return r.sources.map((x) => ({ name: x.name, path: x.file.path, resolved: { kind: 'file', path: x.file.path, format: r.format, file: x.file, notices: [] } }));
   }
-  return s.files.map((f, i) => ({ name: names[i] as string, path: f }));
 }
 
 /**
@@ -419,7 +418,7 @@ async function checkStep(ctx: Ctx, coord: Coordinator, dst: string | null, memor
   const names: NameCheck[] = [];
   for (const s of await launchSources(cfg)) {
     const loaded = await loadPlan({
-      srcCheckpoint: s.path, srcStrategy, dstStrategy: dst, memory, worldSize: cfg.useParallel ? id.worldSize : 1, srcFormat: cfg.loadCkptFormat,
+      srcCheckpoint: s.resolved, srcStrategy, dstStrategy: dst, memory, worldSize: cfg.useParallel ? id.worldSize : 1, srcFormat: cfg.loadCkptFormat,
       ...(ctx.shared || !cfg.useParallel ? {} : { ranks: ctx.group }),
     });
     for (const n of loaded.notices) ctx.log(n);

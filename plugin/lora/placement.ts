@@ -7,10 +7,11 @@
  * `ms.transform_checkpoints` does. A strategy given as a folder of per-rank files is merged into a
  * temporary file msckpt creates (and removes), never by touching the user's files.
  */
-import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
+import { resolveWeights } from '../formats/resolve.js';
 import { fullBox } from '../formats/box.js';
 import { openCheckpoint } from '../formats/ckpt/index.js';
 import { mergeStrategies, readStrategy } from '../formats/strategy/index.js';
@@ -67,25 +68,9 @@ class Layouts {
 }
 
 async function listRankDirs(dir: string): Promise<Array<{ rank: number; file: string }>> {
-  const entries = await readdir(dir, { withFileTypes: true });
-  const ranks = new Map<number, string>();
-  for (const e of entries) {
-    const m = /^rank_(\d+)$/.exec(e.name);
-    if (m !== null && e.isDirectory()) ranks.set(Number(m[1]), join(dir, e.name));
-  }
-  if (ranks.size === 0) {
-    throw new InputError('expected a .ckpt file or a folder holding rank_0/, rank_1/, ... slice folders', { file: dir });
-  }
-  const out: Array<{ rank: number; file: string }> = [];
-  for (let r = 0; r < ranks.size; r++) {
-    const d = ranks.get(r);
-    if (d === undefined) throw new InputError(`rank folders must be rank_0 .. rank_${ranks.size - 1}; rank_${r} is missing`, { file: dir });
-    const ckpts = (await readdir(d)).filter((f) => f.endsWith('.ckpt')).sort();
-    const last = ckpts[ckpts.length - 1];
-    if (last === undefined) throw new InputError('rank folder holds no .ckpt file', { file: d });
-    out.push({ rank: r, file: join(d, last) });
-  }
-  return out;
+  const r = await resolveWeights(dir, { format: 'ckpt' });
+  if (r.kind !== 'ranks') throw new InputError('expected a .ckpt file or a folder holding rank_0/, rank_1/, ... slice folders', { file: dir });
+  return r.ranks.map((x) => ({ rank: x.rank, file: x.file.path }));
 }
 
 /** Open a complete `.ckpt` or a `rank_N/` tree (with its strategy) as one model. */

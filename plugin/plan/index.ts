@@ -6,7 +6,7 @@ export {
 } from './build.js';
 export { rankListForTransform } from './ranklist.js';
 export {
-  planFromPaths, loadPlan, findSourceFiles, loadStrategy, pickWeightFile, epochStepOf,
-  type PlanFromPathsOptions, type LoadedPlan, type SourceFiles, type SourceFileInfo, type LoadedStrategy, type PickRule, type SourceFormat,
+  planFromPaths, loadPlan, findSourceFiles,
+  type PlanFromPathsOptions, type LoadedPlan, type SourceFiles, type SourceFileInfo,
 } from './load.js';
 export type { OutputFormat } from './io.js';

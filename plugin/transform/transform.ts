@@ -21,7 +21,8 @@ import { FailureError, InputError } from '../errors.js';
 import { expectAtomicCrc32, takeAtomicCrc32, writeFileAtomic } from '../formats/atomic.js';
 import { DEFAULT_MEMORY, type RankPlan } from '../plan/build.js';
 import { createOutputSink, openWeightsFile, type OutputFormat } from '../plan/io.js';
-import { loadPlan, type LoadedPlan, type PickRule, type SourceFormat } from '../plan/load.js';
+import type { PickRule, WeightsFormat } from '../formats/resolve.js';
+import { loadPlan, type LoadedPlan } from '../plan/load.js';
 import type { TensorSink } from '../formats/types.js';
 import {
   createTransformSourcePool, executeRankPlanGroup, rankPlanGroups, sinkTensorOf,
@@ -51,12 +52,12 @@ export interface TransformOptions {
   readonly processNum?: number;
   /** Buffer budget in bytes or a size string like `512M` (default 512 MiB). */
   readonly memory?: number | string;
-  /** Which file of a rank_N folder holding several: last in name order (default) or newest. */
+  /** Which file of a rank_N folder holding several counts (default newest; see formats/resolve.ts). */
   readonly pick?: PickRule;
   /** Output format; default: the source's format (ckpt or safetensors). */
   readonly outputFormat?: OutputFormat;
   /** rank_N folders holding both .ckpt and .safetensors: which to read (default safetensors). */
-  readonly srcFormat?: SourceFormat;
+  readonly srcFormat?: WeightsFormat;
   /** `.ckpt`: append the CRC trailer; safetensors: `crc_num` in metadata (as MindSpore's crc_check). */
   readonly crc?: boolean;
   /** Progress line on a TTY (default true). */
@@ -367,7 +368,8 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
         blocks.map(async (block) => {
           const args = [bin, 'transform', '--src-checkpoint', opts.srcCheckpoint, '--dst-checkpoint-dir', dstDir,
             '--prefix', prefix, '--ranks', formatRankRanges(block), '--memory', String(memory), '--output-format', format,
-            '--pick', opts.pick ?? 'last', '--json', '--child'];
+            '--json', '--child'];
+          if (opts.pick !== undefined) args.push('--pick', opts.pick);
           if (opts.srcStrategy) args.push('--src-strategy', opts.srcStrategy);
           if (opts.dstStrategy) args.push('--dst-strategy', opts.dstStrategy);
           if (opts.srcFormat !== undefined) args.push('--src-format', opts.srcFormat);

@@ -8,7 +8,7 @@
  * Memory is bounded: each full tensor is assembled in dim-0 bands of at most `memory` bytes, each
  * band filled from the distinct slices that overlap it with box reads, then streamed to its part.
  */
-import { readdir, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { FailureError, InputError } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic.js';
@@ -19,7 +19,8 @@ import { createSafetensorsSink, planSafetensorsShards, sortSafetensorsNames } fr
 import type { ParamLayout, Strategy } from '../formats/strategy/model.js';
 import type { Box, SinkTensor, TensorEntry, TensorSink, TensorSource } from '../formats/types.js';
 import { checkShapes, distinctSlices, layoutsOfStage, stageCount, stageDeviceCount } from '../layout/index.js';
-import { loadStrategy } from '../plan/load.js';
+import { resolveWeights, type PickRule } from '../formats/resolve.js';
+import { loadStrategy } from '../formats/strategy/load.js';
 import { runPool } from './pool.js';
 
 export const UNIFY_DEFAULT_PART_SIZE = 3 * 1024 ** 3;
@@ -67,45 +68,17 @@ export interface UnifyReport {
   readonly notices: readonly string[];
 }
 
-const RANK_DIR = /^rank_(\d+)$/;
-const WEIGHT = /\.(safetensors|ckpt)$/;
-
-function lastTwoInts(name: string): [number, number] {
-  const ints = (name.replace(WEIGHT, '').match(/\d+/g) ?? []).map(Number);
-  return [ints[ints.length - 2] ?? -1, ints[ints.length - 1] ?? -1];
-}
-
 /**
- * The weight file of each `rank_N/` folder (rank_0..rank_{N-1}, no gaps): the one whose name ends
- * in the largest (epoch, step) numbers, as MindSpore picks it; a choice among several is announced.
+ * The weight file of each `rank_N/` folder (rank_0..rank_{N-1}, no gaps), by the resolver's one
+ * rule; a choice among several is announced.
  */
-export async function pickRankWeightFiles(srcDir: string): Promise<{ files: string[]; notices: string[] }> {
+export async function pickRankWeightFiles(srcDir: string, pick?: PickRule): Promise<{ files: string[]; notices: string[] }> {
   const st = await stat(srcDir).catch(() => null);
   if (st === null) throw new InputError('no such file or directory', { file: srcDir });
   if (!st.isDirectory()) throw new InputError('expected a folder of rank_N/ folders', { file: srcDir });
-  const ranks = new Map<number, string>();
-  for (const d of await readdir(srcDir, { withFileTypes: true })) {
-    const m = RANK_DIR.exec(d.name);
-    if (m !== null && d.isDirectory()) ranks.set(Number(m[1]), join(srcDir, d.name));
-  }
-  if (ranks.size === 0) throw new InputError('holds no rank_N folders', { file: srcDir });
-  const files: string[] = [];
-  const notices: string[] = [];
-  for (let r = 0; r < ranks.size; r++) {
-    const dir = ranks.get(r);
-    if (dir === undefined) throw new InputError(`rank folders must be rank_0..rank_${ranks.size - 1}; rank_${r} is missing`, { file: srcDir });
-    const names = (await readdir(dir, { withFileTypes: true })).filter((d) => d.isFile() && WEIGHT.test(d.name) && !d.name.startsWith('.')).map((d) => d.name);
-    if (names.length === 0) throw new InputError('holds no .safetensors or .ckpt file', { file: dir });
-    names.sort((a, b) => {
-      const [a1, a2] = lastTwoInts(a);
-      const [b1, b2] = lastTwoInts(b);
-      return a1 - b1 || a2 - b2 || (a < b ? -1 : a > b ? 1 : 0);
-    });
-    const chosen = names[names.length - 1] as string;
-    if (names.length > 1) notices.push(`rank_${r}: ${names.length} weight files, using ${chosen} (largest epoch/step in its name)`);
-    files.push(join(dir, chosen));
-  }
-  return { files, notices };
+  const r = await resolveWeights(srcDir, pick !== undefined ? { pick } : {});
+  if (r.kind !== 'ranks') throw new InputError('holds no rank_N folders', { file: srcDir });
+  return { files: r.ranks.map((x) => x.file.path), notices: [...r.notices] };
 }
 
 /** A small pool of open sources (opened on demand, least recently used closed first). */

@@ -48,14 +48,14 @@ export function register(program: Command): void {
     .option('--process-num <k>', 'ignored (plan writes nothing)')
     .option('--src-format <format>', 'ckpt or safetensors, for rank_N folders holding both')
     .option('--output-format <format>', 'ignored (plan writes nothing)')
-    .action(async (flags: Flags) => {
+    .action(async (flags: Flags, cmd: Command) => {
       if (flags.srcCheckpoint === undefined) throw new InputError('--src-checkpoint is required');
       let ranks: number[] | undefined;
       const one = intFlag('rank', flags.rank, 0);
       if (one !== undefined) ranks = [one];
       if (flags.ranks !== undefined) ranks = parseRankRanges(flags.ranks);
       const worldSize = intFlag('world-size', flags.worldSize, 1);
-      const pick = pickFlag(flags.pick);
+      const pick = pickFlag(flags.pick, cmd.getOptionValueSource('pick'));
       const srcFormat = flags.srcFormat;
       if (srcFormat !== undefined && srcFormat !== 'ckpt' && srcFormat !== 'safetensors') {
         throw new InputError(`--src-format must be 'ckpt' or 'safetensors', got '${srcFormat}'`);

@@ -1,7 +1,7 @@
 /** `msckpt rank-list --rank R --src-strategy S --dst-strategy D`: source ranks one destination rank needs. */
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { loadStrategy } from '../../plan/load.js';
+import { loadStrategy } from '../../formats/strategy/load.js';
 import { rankListForTransform } from '../../plan/ranklist.js';
 import { intFlag } from './transform.js';
 

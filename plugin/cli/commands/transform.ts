@@ -4,7 +4,7 @@
  */
 import { Command, Option } from 'commander';
 import { InputError } from '../../errors.js';
-import type { PickRule } from '../../plan/load.js';
+import type { PickRule } from '../../formats/resolve.js';
 import { transformCheckpoints, type TransformOptions } from '../../transform/index.js';
 import { formatBytes } from '../progress.js';
 
@@ -36,10 +36,16 @@ export function intFlag(name: string, v: string | undefined, min: number): numbe
   return n;
 }
 
-export function pickFlag(v: string | undefined): PickRule | undefined {
-  if (v === undefined) return undefined;
-  if (v !== 'last' && v !== 'newest') throw new InputError(`--pick must be 'last' or 'newest', got '${v}'`);
-  return v;
+/**
+ * The file of a rank_N folder that counts: `newest` (default, mindformers' rule) or `name`
+ * (largest epoch/step, MindSpore's transform_checkpoints); `last` is the old spelling of `name`.
+ * A flag left at its default means the library default.
+ */
+export function pickFlag(v: string | undefined, source?: string): PickRule | undefined {
+  if (v === undefined || source === 'default') return undefined;
+  if (v === 'last' || v === 'name') return 'name';
+  if (v === 'newest') return 'newest';
+  throw new InputError(`--pick must be 'newest' or 'name', got '${v}'`);
 }
 
 function strategyFlag(v: string | undefined): string | null {
@@ -68,7 +74,7 @@ export function register(program: Command): void {
     .option('--crc', 'ckpt: append the CRC-32 trailer; safetensors: store crc_num in the metadata')
     .option('--json', 'print one JSON report on stdout')
     .addOption(new Option('--child').hideHelp())
-    .action(async (flags: Flags) => {
+    .action(async (flags: Flags, cmd: Command) => {
       if (flags.srcCheckpoint === undefined) throw new InputError('--src-checkpoint is required');
       if (flags.dstCheckpointDir === undefined) throw new InputError('--dst-checkpoint-dir is required');
       const fmt = flags.outputFormat;
@@ -78,7 +84,7 @@ export function register(program: Command): void {
       const json = flags.json === true;
       const worldSize = intFlag('world-size', flags.worldSize, 1);
       const rank = intFlag('rank', flags.rank, 0);
-      const pick = pickFlag(flags.pick);
+      const pick = pickFlag(flags.pick, cmd.getOptionValueSource('pick'));
       const opts: TransformOptions = {
         srcCheckpoint: flags.srcCheckpoint,
         srcStrategy: strategyFlag(flags.srcStrategy),
