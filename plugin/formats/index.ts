@@ -10,3 +10,4 @@ export * from './copy.js';
 export * from './detect.js';
 export * from './resolve.js';
 export * from './open.js';
+export * from './source-index.js';

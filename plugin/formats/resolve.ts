@@ -134,7 +134,8 @@ async function statOrNull(path: string): Promise<Awaited<ReturnType<typeof stat>
   }
 }
 
-async function found(path: string, st?: Awaited<ReturnType<typeof stat>>): Promise<FoundFile> {
+/** A file as the resolver reports it: the path as given, its real path, size and modification time. */
+export async function foundFile(path: string, st?: Awaited<ReturnType<typeof stat>>): Promise<FoundFile> {
   const s = st ?? (await stat(path));
   let real = path;
   try {
@@ -249,17 +250,17 @@ async function resolveRanks(dir: string, listing: Listing, opts: ResolveOptions)
   for (const p of perRank) {
     const mine = p.files.filter((f) => formatOfName(f.name) === format);
     if (mine.length === 0) throw new InputError(`holds no .${format} file`, { file: p.dir });
-    const candidates = (await Promise.all(mine.map((f) => found(join(p.dir, f.name), f.st)))).sort(cmp);
+    const candidates = (await Promise.all(mine.map((f) => foundFile(join(p.dir, f.name), f.st)))).sort(cmp);
     const file = candidates[candidates.length - 1] as FoundFile;
     if (candidates.length > 1) notices.push(`rank_${p.rank}: ${candidates.length} .${format} files, using ${basename(file.path)} (${pickRuleText(rule)})`);
     ranks.push({ rank: p.rank, dir: p.dir, file, candidates });
   }
-  const loose = await Promise.all(listing.files.filter((f) => formatOfName(f.name) === format).map((f) => found(join(dir, f.name), f.st)));
+  const loose = await Promise.all(listing.files.filter((f) => formatOfName(f.name) === format).map((f) => foundFile(join(dir, f.name), f.st)));
   return { kind: 'ranks', path: dir, format, rule, ranks, loose, notices };
 }
 
 async function safetensorsFilesIn(dir: string, listing: Listing): Promise<FoundFile[]> {
-  return Promise.all(listing.files.filter((f) => formatOfName(f.name) === 'safetensors').map((f) => found(join(dir, f.name), f.st)));
+  return Promise.all(listing.files.filter((f) => formatOfName(f.name) === 'safetensors').map((f) => foundFile(join(dir, f.name), f.st)));
 }
 
 /**
@@ -275,12 +276,12 @@ export async function resolveWeights(path: string, opts: ResolveOptions = {}): P
     switch (kind) {
       case 'checkpoint':
       case 'encrypted': // opening it refuses it with a clear message
-        return { kind: 'file', path, format: 'ckpt', file: await found(path, st), notices: [] };
+        return { kind: 'file', path, format: 'ckpt', file: await foundFile(path, st), notices: [] };
       case 'safetensors':
-        return { kind: 'file', path, format: 'safetensors', file: await found(path, st), notices: [] };
+        return { kind: 'file', path, format: 'safetensors', file: await foundFile(path, st), notices: [] };
       case 'safetensors-index': {
         const dir = dirname(path);
-        return { kind: 'index', path, format: 'safetensors', index: await found(path, st), files: await safetensorsFilesIn(dir, await listFolder(dir, true)), notices: [] };
+        return { kind: 'index', path, format: 'safetensors', index: await foundFile(path, st), files: await safetensorsFilesIn(dir, await listFolder(dir, true)), notices: [] };
       }
       case 'strategy':
       case 'strategy-json':
@@ -297,13 +298,13 @@ export async function resolveWeights(path: string, opts: ResolveOptions = {}): P
   if (opts.format !== 'ckpt') {
     const names = listing.files.map((f) => f.name);
     if (names.includes('param_name_map.json')) {
-      const index = await found(join(path, 'param_name_map.json'));
+      const index = await foundFile(join(path, 'param_name_map.json'));
       return { kind: 'unified', path, format: 'safetensors', index, files: await safetensorsFilesIn(path, listing), notices: [] };
     }
     const idx = names.filter((n) => n.endsWith('.index.json'));
     if (idx.length > 1) throw new InputError(`holds ${idx.length} index files (${idx.join(', ')}); name the one to use`, { file: path });
     if (idx.length === 1) {
-      const index = await found(join(path, idx[0] as string));
+      const index = await foundFile(join(path, idx[0] as string));
       return { kind: 'index', path, format: 'safetensors', index, files: await safetensorsFilesIn(path, listing), notices: [] };
     }
   }
@@ -323,7 +324,7 @@ export async function resolveWeights(path: string, opts: ResolveOptions = {}): P
       { file: path },
     );
   }
-  const sources = await Promise.all(mine.map(async (f) => ({ name: sourceStem(f.name), file: await found(join(path, f.name), f.st) })));
+  const sources = await Promise.all(mine.map(async (f) => ({ name: sourceStem(f.name), file: await foundFile(join(path, f.name), f.st) })));
   return { kind: 'files', path, format, sources, notices };
 }
 
@@ -331,8 +332,8 @@ export async function resolveWeights(path: string, opts: ResolveOptions = {}): P
 export async function resolveStrategy(path: string): Promise<ResolvedStrategy> {
   const st = await statOrNull(path);
   if (st === null) throw new InputError('no such file or directory', { file: path });
-  if (!st.isDirectory()) return { kind: 'strategy', path, file: await found(path, st) };
-  const files = await Promise.all((await listStrategyInputs(path)).map((f) => found(f)));
+  if (!st.isDirectory()) return { kind: 'strategy', path, file: await foundFile(path, st) };
+  const files = await Promise.all((await listStrategyInputs(path)).map((f) => foundFile(f)));
   return { kind: 'strategy-folder', path, files };
 }
 
@@ -344,17 +345,17 @@ export async function resolveStrategy(path: string): Promise<ResolvedStrategy> {
 export async function listWeightFiles(path: string, format: WeightsFormat): Promise<FoundFile[]> {
   const st = await statOrNull(path);
   if (st === null) throw new InputError('no such file or directory', { file: path });
-  if (!st.isDirectory()) return [await found(path, st)];
+  if (!st.isDirectory()) return [await foundFile(path, st)];
   const listing = await listFolder(path, true);
   const items: Array<{ key: string; files: () => Promise<FoundFile[]> }> = [];
   for (const f of listing.files) {
-    if (formatOfName(f.name) === format) items.push({ key: f.name, files: async () => [await found(join(path, f.name), f.st)] });
+    if (formatOfName(f.name) === format) items.push({ key: f.name, files: async () => [await foundFile(join(path, f.name), f.st)] });
   }
   for (const name of listing.ranks.values()) {
     const rd = join(path, name);
     items.push({
       key: name,
-      files: async () => Promise.all((await listFolder(rd, true)).files.filter((f) => formatOfName(f.name) === format).map((f) => found(join(rd, f.name), f.st))),
+      files: async () => Promise.all((await listFolder(rd, true)).files.filter((f) => formatOfName(f.name) === format).map((f) => foundFile(join(rd, f.name), f.st))),
     });
   }
   items.sort((a, b) => nameCompare(a.key, b.key));

@@ -37,8 +37,8 @@ import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { describeError, FailureError, InputError } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic.js';
 import { mergeStrategies } from '../formats/strategy/merge.js';
-import { DEFAULT_MEMORY, planRank, type Plan, type RankPlan } from '../plan/build.js';
-import { createOutputSink, openWeightsFile } from '../plan/io.js';
+import { createWeightsSink, openWeights } from '../formats/open.js';
+import { DEFAULT_MEMORY, openPlanSource, planRank, type Plan, type RankPlan } from '../plan/index.js';
 import { loadPlan } from '../plan/load.js';
 import {
   createTransformSourcePool, executeRankPlanGroup, rankPlanGroups, sinkTensorOf,
@@ -480,8 +480,7 @@ async function convertSlices(
     srcFormat: cfg.loadCkptFormat,
   });
   const plan = loaded.plan;
-  const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
-  const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
+  const pool = createTransformSourcePool(async (rank) => openPlanSource(plan.source.files[rank] as Plan['source']['files'][number]));
   // consecutive destination ranks of the same stage listing the same tensors are converted
   // together (each source span read once per group, as `msckpt transform` does); the band
   // budget is split across the group
@@ -501,7 +500,7 @@ async function convertSlices(
       try {
         for (const rp of group) {
           // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
-          sinks.push(await createOutputSink(transformedFile(cfg, name.name, rp.rank), format, rp.tensors.map(sinkTensorOf)));
+          sinks.push(await createWeightsSink(transformedFile(cfg, name.name, rp.rank), format, rp.tensors.map(sinkTensorOf)));
         }
         const onBytes = (n: number): void => {
           done += n;
@@ -545,7 +544,7 @@ export function safetensorsSlicingOf(cfg: RunConfig): SafetensorsSlicing {
 async function loadTimeYaml(cfg: RunConfig, rank: number, log: (line: string) => void): Promise<string> {
   const sources = await launchSources(cfg);
   const src = sources[0] as { name: string; path: string };
-  const opened = await openWeightsFile(src.path);
+  const opened = await openWeights(src.path);
   const tensors = opened.entries().length;
   await opened.close();
   const loadPath = cfg.source?.kind === 'file' ? src.path : (cfg.source?.path ?? src.path);

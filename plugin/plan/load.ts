@@ -1,13 +1,15 @@
 /**
- * Opening a plan's inputs from paths: the source (one complete file, or `dir/rank_N/*.ckpt`),
- * the strategies (a file, or a directory merged first into a temporary file we own).
+ * Planning from paths: the source through the one resolver (a complete file, an index or unified
+ * folder, or a rank_N tree), the strategies (a file, or a folder merged first into a temporary
+ * file we own), every source's header read once into its index, then `buildPlan`.
  */
 import { basename, resolve } from 'node:path';
 import { InputError } from '../errors.js';
 import { resolveWeights, type FoundFile, type PickRule, type ResolvedWeights, type WeightsFormat } from '../formats/resolve.js';
 import { loadStrategy, type LoadedStrategy } from '../formats/strategy/load.js';
-import { buildPlan, type Plan, type PlanSourceFile } from './build.js';
-import { openWeightsFile } from './io.js';
+import { defaultSourceIO, type SourceIO } from '../formats/source-index.js';
+import { buildPlan } from './build.js';
+import type { Plan, PlanSourceFile } from './types.js';
 
 export interface SourceFileInfo {
   readonly rank: number;
@@ -60,7 +62,7 @@ export async function findSourceFiles(srcCheckpoint: string | ResolvedWeights, p
   }
 }
 
-export interface PlanFromPathsOptions {
+export interface LoadPlanOptions {
   readonly srcCheckpoint: string | ResolvedWeights;
   readonly srcStrategy?: string | null;
   readonly dstStrategy?: string | null;
@@ -70,6 +72,10 @@ export interface PlanFromPathsOptions {
   readonly pick?: PickRule;
   /** Which files of rank_N folders to use when they hold both formats (default: safetensors). */
   readonly srcFormat?: WeightsFormat;
+  /** Entries to leave out (see PlanInput.exclude). */
+  readonly exclude?: (name: string) => boolean;
+  /** How source headers are read (default: the files themselves). */
+  readonly io?: SourceIO;
 }
 
 export interface LoadedPlan {
@@ -80,7 +86,8 @@ export interface LoadedPlan {
   readonly notices: readonly string[];
 }
 
-async function readEntries(files: readonly SourceFileInfo[]): Promise<PlanSourceFile[]> {
+/** Index every source file (header reads, 16 at a time). */
+async function indexSources(files: readonly SourceFileInfo[], io: SourceIO): Promise<PlanSourceFile[]> {
   const out: PlanSourceFile[] = new Array(files.length);
   let next = 0;
   const worker = async (): Promise<void> => {
@@ -88,12 +95,11 @@ async function readEntries(files: readonly SourceFileInfo[]): Promise<PlanSource
       const i = next++;
       if (i >= files.length) return;
       const f = files[i] as SourceFileInfo;
-      const src = await openWeightsFile(f.path);
-      try {
-        out[i] = { rank: f.rank, path: f.path, entries: src.entries().map((e) => ({ ...e })) };
-      } finally {
-        await src.close();
-      }
+      const index = await io.index(f.path);
+      out[i] = {
+        rank: f.rank, path: f.path, entries: index.entries, format: index.format, files: index.files,
+        ...(index.bodyBytes !== undefined ? { bodyBytes: index.bodyBytes } : {}),
+      };
     }
   };
   await Promise.all(Array.from({ length: Math.min(16, files.length) }, worker));
@@ -101,7 +107,7 @@ async function readEntries(files: readonly SourceFileInfo[]): Promise<PlanSource
 }
 
 /** Open every input and build the plan, with what was found on the way. */
-export async function loadPlan(opts: PlanFromPathsOptions): Promise<LoadedPlan> {
+export async function loadPlan(opts: LoadPlanOptions): Promise<LoadedPlan> {
   const sources = await findSourceFiles(opts.srcCheckpoint, opts.pick, opts.srcFormat);
   const srcPath = typeof opts.srcCheckpoint === 'string' ? opts.srcCheckpoint : opts.srcCheckpoint.path;
   const srcStrategy = opts.srcStrategy ? await loadStrategy(opts.srcStrategy) : null;
@@ -116,7 +122,7 @@ export async function loadPlan(opts: PlanFromPathsOptions): Promise<LoadedPlan> 
       throw new InputError(`is one file but the source strategy describes ${devices} devices; give the folder holding rank_0..rank_${devices - 1}`, { file: srcPath });
     }
   }
-  const entries = await readEntries(sources.files);
+  const entries = await indexSources(sources.files, opts.io ?? defaultSourceIO);
   const plan = buildPlan({
     srcStrategy: srcStrategy?.strategy ?? null,
     dstStrategy: dstStrategy?.strategy ?? null,
@@ -124,11 +130,7 @@ export async function loadPlan(opts: PlanFromPathsOptions): Promise<LoadedPlan> 
     ...(opts.ranks !== undefined ? { ranks: opts.ranks } : {}),
     ...(opts.memory !== undefined ? { memory: opts.memory } : {}),
     ...(opts.worldSize !== undefined ? { worldSize: opts.worldSize } : {}),
+    ...(opts.exclude !== undefined ? { exclude: opts.exclude } : {}),
   });
   return { plan, sources, srcStrategy, dstStrategy, notices: sources.notices };
-}
-
-/** Open the inputs (merging a strategy directory into a temporary file first) and build the plan. */
-export async function planFromPaths(opts: PlanFromPathsOptions): Promise<Plan> {
-  return (await loadPlan(opts)).plan;
 }

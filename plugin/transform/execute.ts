@@ -9,7 +9,7 @@ import { forEachRun } from '../formats/box.js';
 import { elementSize } from '../formats/dtype.js';
 import type { Box, SinkTensor, TensorSink, TensorSource } from '../formats/types.js';
 import { FailureError } from '../errors.js';
-import { bufferSizes, planRank, type BufferSizes, type CopyOp, type Plan, type PlannedTensor, type RankPlan } from '../plan/build.js';
+import { bufferSizes, planRank, type BufferSizes, type CopyOp, type Plan, type PlannedTensor, type RankPlan } from '../plan/index.js';
 
 /** Gives the open source of a global source rank. */
 export interface TransformSourcePool {

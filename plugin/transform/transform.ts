@@ -19,8 +19,8 @@ import { createProgress, type Progress } from '../cli/progress.js';
 import { packageFile } from '../package-files.js';
 import { FailureError, InputError } from '../errors.js';
 import { expectAtomicCrc32, takeAtomicCrc32, writeFileAtomic } from '../formats/atomic.js';
-import { DEFAULT_MEMORY, type RankPlan } from '../plan/build.js';
-import { createOutputSink, openWeightsFile, type OutputFormat } from '../plan/io.js';
+import { createWeightsSink } from '../formats/open.js';
+import { DEFAULT_MEMORY, openPlanSource, type RankPlan } from '../plan/index.js';
 import type { PickRule, WeightsFormat } from '../formats/resolve.js';
 import { loadPlan, type LoadedPlan } from '../plan/load.js';
 import type { TensorSink } from '../formats/types.js';
@@ -55,7 +55,7 @@ export interface TransformOptions {
   /** Which file of a rank_N folder holding several counts (default newest; see formats/resolve.ts). */
   readonly pick?: PickRule;
   /** Output format; default: the source's format (ckpt or safetensors). */
-  readonly outputFormat?: OutputFormat;
+  readonly outputFormat?: WeightsFormat;
   /** rank_N folders holding both .ckpt and .safetensors: which to read (default safetensors). */
   readonly srcFormat?: WeightsFormat;
   /** `.ckpt`: append the CRC trailer; safetensors: `crc_num` in metadata (as MindSpore's crc_check). */
@@ -81,7 +81,7 @@ export interface TransformFingerprint {
   readonly srcStrategy: string | null;
   readonly dstStrategy: string | null;
   readonly prefix: string;
-  readonly format: OutputFormat;
+  readonly format: WeightsFormat;
   readonly worldSize: number;
   readonly crc?: boolean;
 }
@@ -173,7 +173,7 @@ export function transformProcessBlocks<T>(items: readonly T[], k: number): T[][]
   return blocks;
 }
 
-export function transformOutputPath(dstDir: string, rank: number, prefix: string, format: OutputFormat): string {
+export function transformOutputPath(dstDir: string, rank: number, prefix: string, format: WeightsFormat): string {
   return join(dstDir, `rank_${rank}`, `${prefix}${rank}.${format === 'safetensors' ? 'safetensors' : 'ckpt'}`);
 }
 
@@ -257,7 +257,7 @@ interface Selected {
   fingerprintHash: string;
 }
 
-async function selectAndPlan(opts: TransformOptions, memory: number, requested: OutputFormat | undefined, prefix: string): Promise<Selected & { format: OutputFormat }> {
+async function selectAndPlan(opts: TransformOptions, memory: number, requested: WeightsFormat | undefined, prefix: string): Promise<Selected & { format: WeightsFormat }> {
   let ranks: number[] | undefined;
   if (opts.rank !== undefined) ranks = [opts.rank];
   if (opts.ranks !== undefined) {
@@ -274,7 +274,7 @@ async function selectAndPlan(opts: TransformOptions, memory: number, requested: 
     ...(opts.pick !== undefined ? { pick: opts.pick } : {}),
     ...(opts.srcFormat !== undefined ? { srcFormat: opts.srcFormat } : {}),
   });
-  const format: OutputFormat = requested ?? loaded.sources.format;
+  const format: WeightsFormat = requested ?? loaded.sources.format;
   const world = loaded.plan.destination.deviceCount;
   const fingerprint: TransformFingerprint = {
     sources: loaded.sources.files.map((f) => ({ path: f.path, size: f.size, mtimeMs: f.mtimeMs })),
@@ -409,8 +409,7 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
   } else {
     const plan = sel.loaded.plan;
     const progress = opts.child === true && typeof process.send === 'function' ? childProgress() : createProgress(total, opts.progress !== false);
-    const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
-    const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
+    const pool = createTransformSourcePool(async (rank) => openPlanSource(plan.source.files[rank] as (typeof plan.source.files)[number]));
     // destination ranks of the same stage listing the same tensors are converted together (each
     // source span read once for the whole group); the band budget is split across the group
     const groupSize = transformGroupSize(memory);
@@ -425,7 +424,7 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
           for (let k = 0; k < group.length; k++) {
             expectAtomicCrc32(outs[k] as string);
             const rp = group[k] as RankPlan;
-            sinks.push(await createOutputSink(outs[k] as string, format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true }));
+            sinks.push(await createWeightsSink(outs[k] as string, format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true }));
           }
           bytesRead += await executeRankPlanGroup(group, pool, sinks, buffers, (n) => progress.advance(n));
           for (const sink of sinks) await sink.close();
