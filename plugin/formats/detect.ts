@@ -73,19 +73,23 @@ export async function detectKind(path: string): Promise<WeightsKind> {
   let i = 0;
   if (head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf) i = 3;
   while (i < head.length && (head[i] === 0x20 || head[i] === 0x0a || head[i] === 0x0d || head[i] === 0x09)) i++;
+  // a checkpoint starts 0x0a (a newline) and its first record may be 123 bytes long ('{'): only
+  // a document that is JSON (or, when large, names the keys) counts as JSON
   if (head[i] === 0x7b) {
     if (size <= JSON_PARSE_LIMIT) {
       const text = Buffer.from(await readHead(path, size)).toString('utf8').replace(/^\uFEFF/, '');
+      let doc: unknown;
       try {
-        return classifyJson(JSON.parse(text));
+        doc = JSON.parse(text);
       } catch {
-        return 'unknown';
+        doc = undefined;
       }
+      if (doc !== undefined) return classifyJson(doc);
+    } else {
+      const text = Buffer.from(await readHead(path, JSON_SCAN_BYTES)).toString('utf8');
+      if (text.includes('"weight_map"')) return 'safetensors-index';
+      if (text.includes('"parallel_layout_item"') || text.includes('"parallel_strategy_item"')) return 'strategy-json';
     }
-    const text = Buffer.from(await readHead(path, JSON_SCAN_BYTES)).toString('utf8');
-    if (text.includes('"weight_map"')) return 'safetensors-index';
-    if (text.includes('"parallel_layout_item"') || text.includes('"parallel_strategy_item"')) return 'strategy-json';
-    return 'unknown';
   }
   if (head[0] === 0x0a) return 'checkpoint';
   if (head[0] === 0x08) return 'strategy';

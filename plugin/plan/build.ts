@@ -9,7 +9,7 @@
  * source side, one scan of every file into the model (`scanModel`), the geometry derived from
  * the plan data (context.ts), the per-rank summaries (rank.ts), the fingerprint.
  */
-import { InputError } from '../errors.js';
+import { FailureError, InputError } from '../errors.js';
 import type { ParamLayout, Strategy } from '../formats/strategy/model.js';
 import { DEFAULT_MEMORY } from './buffers.js';
 import { planContext, shareContext } from './context.js';
@@ -53,6 +53,18 @@ function planSource(f: PlanSourceFile): PlanSource {
     ...(f.bodyBytes !== undefined ? { bodyBytes: f.bodyBytes } : {}),
     indexSha256: indexSha256(f.entries), entries: f.entries,
   };
+}
+
+/** A plan's sources as planner input, to build another plan from the same indexes (no header read). */
+export function planSourceFiles(plan: Plan): PlanSourceFile[] {
+  return plan.source.files.map((s) => {
+    if (s.entries === undefined) throw new FailureError('this plan was read from a file; its sources\' indexes are not in memory', { file: s.path });
+    return {
+      rank: s.rank, path: s.path, entries: s.entries, files: s.files,
+      ...(s.format !== null ? { format: s.format } : {}),
+      ...(s.bodyBytes !== undefined ? { bodyBytes: s.bodyBytes } : {}),
+    };
+  });
 }
 
 /** Build the plan. Throws InputError for inconsistent inputs. */

@@ -3,7 +3,7 @@ export type {
   Plan, PlanEntry, PlanSourceFile, PlanSource, PlanSide, PlanModel, ModelParam, ModelExtra, CopyOp, PlannedTensor,
   RankSummary, RankPlan, BufferSizes,
 } from './types.js';
-export { buildPlan, type PlanInput } from './build.js';
+export { buildPlan, planSourceFiles, type PlanInput } from './build.js';
 export { bufferSizes, DEFAULT_MEMORY } from './buffers.js';
 export { planRank } from './rank.js';
 export { canonicalJson, planCore, planFingerprint } from './fingerprint.js';
