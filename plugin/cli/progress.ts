@@ -1,19 +1,11 @@
 /**
- * Progress for long work: a single redrawn line on a TTY, nothing at all in logs or with --json.
+ * The progress renderer of the CLI: a single redrawn line on a TTY, nothing at all in logs or
+ * with --json. The library reports through the callback interface of plugin/progress.ts.
  */
+import { SILENT_PROGRESS as SILENT, type Progress } from '../progress.js';
 import { formatBytes } from '../units.js';
 
-export { formatBytes };
-
-export interface Progress {
-  /** Add done bytes (or units). */
-  advance(amount: number): void;
-  /** Set a short label for what is being worked on. */
-  label(text: string): void;
-  done(): void;
-}
-
-const SILENT: Progress = { advance() {}, label() {}, done() {} };
+export { formatBytes, type Progress };
 
 /**
  * A progress line on stderr when it is a TTY and `enabled`; a silent reporter otherwise.

@@ -50,8 +50,10 @@ export async function openWeights(path: string, opts: OpenWeightsOptions = {}): 
 }
 
 export interface WeightsSinkOptions {
-  /** `.ckpt`: append the CRC trailer. */
+  /** `.ckpt`: append the CRC trailer; safetensors: `crc_num` in the metadata. */
   crc?: boolean;
+  /** Compute the CRC-32 of the whole file while writing it (reported by `close()`). */
+  fileCrc32?: boolean;
   /** safetensors: `__metadata__`. */
   metadata?: Record<string, string>;
 }
@@ -66,8 +68,9 @@ export async function createWeightsSink(
   tensors: readonly SinkTensor[],
   opts: WeightsSinkOptions = {},
 ): Promise<TensorSink> {
-  if (format === 'ckpt') return createCheckpointSink(path, { crc: opts.crc === true });
-  return createSafetensorsSink(path, tensors, { metadata: opts.metadata ?? { format: 'ms' }, sortKeys: true, crc: opts.crc === true });
+  const fileCrc32 = opts.fileCrc32 === true;
+  if (format === 'ckpt') return createCheckpointSink(path, { crc: opts.crc === true, fileCrc32 });
+  return createSafetensorsSink(path, tensors, { metadata: opts.metadata ?? { format: 'ms' }, sortKeys: true, crc: opts.crc === true, fileCrc32 });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,14 +37,10 @@ import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { describeError, FailureError, InputError } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic.js';
 import { mergeStrategies } from '../formats/strategy/merge.js';
-import { createWeightsSink, openWeights } from '../formats/open.js';
-import { DEFAULT_MEMORY, openPlanSource, planRank, type Plan, type RankPlan } from '../plan/index.js';
-import { loadPlan } from '../plan/load.js';
-import {
-  createTransformSourcePool, executeRankPlanGroup, rankPlanGroups, sinkTensorOf,
-  TransformBuffers, transformGroupBufferSizes, transformGroupSize,
-} from '../transform/execute.js';
-import type { TensorSink } from '../formats/types.js';
+import { openWeights } from '../formats/open.js';
+import { defaultSourceIO, type SourceIO } from '../formats/source-index.js';
+import { DEFAULT_MEMORY, loadPlan, planRank, readPlanFile, writePlanFile, type Plan } from '../plan/index.js';
+import { writeRanks, type RankWriterFaults } from '../transform/rank-writer.js';
 import { resolveWeights, sourceStem, type ResolvedWeights } from '../formats/resolve.js';
 import { loadRunConfig, deriveRunConfig, type RunConfig } from './config.js';
 import { rankIdentity, type RankIdentity } from './identity.js';
@@ -80,6 +76,18 @@ export interface LaunchOptions {
   readonly safetensorsSlicing?: SafetensorsSlicing;
   /** Where progress lines go (default: stderr, prefixed with the rank). */
   readonly log?: (line: string) => void;
+  /**
+   * How source headers are read and sources opened (default: the files). The leader reads the
+   * headers once while planning; converter ranks open the sources from the plan file's indexes.
+   */
+  readonly sourceIO?: SourceIO;
+  /** Fault injection for tests (`msckpt launch --test-fault RANK:FILES:throw|kill`): that converter rank fails after that many files. */
+  readonly faults?: LaunchFaults;
+}
+
+/** A converter rank that fails on purpose (tests). */
+export interface LaunchFaults extends RankWriterFaults {
+  readonly rank: number;
 }
 
 /** How a job with `load_ckpt_format: safetensors` gets its slices (see LaunchOptions). */
@@ -122,6 +130,8 @@ interface NameCheck {
   peakMemory: number;
   ranks: Array<{ rank: number; bytesWritten: number; peakMemory: number; sourceRanks: readonly number[] }>;
   dropped: readonly string[];
+  /** The plan file the leader wrote (with its fingerprint); null when the source is used as it is. */
+  plan: { file: string; fingerprint: string } | null;
 }
 
 interface CheckResult {
@@ -144,15 +154,6 @@ function signalNumber(sig: string | undefined): number {
   if (sig === undefined) return 1;
   const n = (osConstants.signals as Record<string, number>)[sig];
   return n === undefined ? 1 : 128 + n;
-}
-
-/** Hooks for deterministic failure tests: `RANK:N` = that converter stops after N files. */
-function testHook(env: NodeJS.ProcessEnv, name: string, rank: number): number | undefined {
-  const v = env[name];
-  if (v === undefined || v === '') return undefined;
-  const m = /^(\d+):(\d+)$/.exec(v.trim());
-  if (m === null || Number(m[1]) !== rank) return undefined;
-  return Number(m[2]);
 }
 
 /**
@@ -303,6 +304,7 @@ interface Ctx {
   cwd: string;
   log: (line: string) => void;
   command: readonly string[];
+  io: SourceIO;
 }
 
 /** The derived YAML for `purpose`, written under output/msckpt (per rank, so no two ranks race). */
@@ -414,11 +416,15 @@ async function checkStep(ctx: Ctx, coord: Coordinator, dst: string | null, memor
     const got = await coord.waitAll<CheckResult>('checked', { ranks: [coord.leader], what: 'the check of the weights' });
     return got.get(coord.leader) as CheckResult;
   }
+  // the leader plans once (every source header read here, the strategies merged here) and writes
+  // each plan to a plan file the converter ranks load
   const srcStrategy = srcStrategyOf(ctx);
   const names: NameCheck[] = [];
-  for (const s of await launchSources(cfg)) {
+  const sources = await launchSources(cfg);
+  for (const [i, s] of sources.entries()) {
     const loaded = await loadPlan({
       srcCheckpoint: s.resolved, srcStrategy, dstStrategy: dst, memory, worldSize: cfg.useParallel ? id.worldSize : 1, srcFormat: cfg.loadCkptFormat,
+      io: ctx.io,
       ...(ctx.shared || !cfg.useParallel ? {} : { ranks: ctx.group }),
     });
     for (const n of loaded.notices) ctx.log(n);
@@ -432,7 +438,9 @@ async function checkStep(ctx: Ctx, coord: Coordinator, dst: string | null, memor
       peakMemory: plan.peakMemory,
       ranks: plan.ranks.map((r) => ({ rank: r.rank, bytesWritten: r.bytesWritten, peakMemory: r.peakMemory, sourceRanks: r.sourceRanks })),
       dropped: plan.dropped,
+      plan: { file: join(coord.dir, 'plans', `${i}-${s.name}.plan.json`), fingerprint: plan.fingerprint },
     });
+    await writePlanFile(plan, (names[names.length - 1] as NameCheck).plan?.file as string);
   }
   // with several sources, reuse only when all match (the derived YAML names one folder)
   if (names.length > 1 && names.some((n) => !n.reuse)) for (const n of names) n.reuse = false;
@@ -464,68 +472,33 @@ function describePlan(ctx: Ctx, check: CheckResult, converters: readonly Convert
   return lines;
 }
 
-async function convertSlices(
-  ctx: Ctx,
-  name: NameCheck,
-  slices: readonly number[],
-  dst: string | null,
-  memory: number,
-  hb: HeartbeatHandle,
-  counter: { files: number; dieAfter?: number; throwAfter?: number },
-): Promise<void> {
-  const { cfg, id } = ctx;
-  const srcStrategy = srcStrategyOf(ctx);
-  const loaded = await loadPlan({
-    srcCheckpoint: name.source, srcStrategy, dstStrategy: dst, memory, ranks: slices, worldSize: cfg.useParallel ? id.worldSize : 1,
-    srcFormat: cfg.loadCkptFormat,
-  });
-  const plan = loaded.plan;
-  const pool = createTransformSourcePool(async (rank) => openPlanSource(plan.source.files[rank] as Plan['source']['files'][number]));
-  // consecutive destination ranks of the same stage listing the same tensors are converted
-  // together (each source span read once per group, as `msckpt transform` does); the band
-  // budget is split across the group
-  const groupSize = transformGroupSize(memory);
-  const buffers = new TransformBuffers(transformGroupBufferSizes(memory, groupSize));
-  const format = cfg.loadCkptFormat;
-  const total = plan.ranks.reduce((s, r) => s + r.bytesWritten, 0);
+/**
+ * A converter rank's share of one source: the plan the leader wrote (loaded from its file,
+ * checked against the published fingerprint; no source header is read, no strategy merged), its
+ * destination slices written by the one rank writer. Returns the files written.
+ */
+async function convertSlices(ctx: Ctx, name: NameCheck, slices: readonly number[], memory: number, hb: HeartbeatHandle, faults: RankWriterFaults | undefined): Promise<number> {
+  const { cfg } = ctx;
+  if (name.plan === null) throw new FailureError(`no plan was written for ${name.name}`);
+  const plan = await readPlanFile(name.plan.file, name.plan.fingerprint);
+  const total = slices.reduce((s, r) => s + (name.ranks.find((x) => x.rank === r)?.bytesWritten ?? 0), 0);
   let done = 0;
-  try {
-    for (const group of rankPlanGroups(plan, plan.ranks.map((r) => r.rank), format, groupSize)) {
-      const first = group[0] as RankPlan;
-      const last = group[group.length - 1] as RankPlan;
-      const label = group.length === 1 ? `${name.name}/rank_${first.rank}` : `${name.name}/rank_${first.rank}..${last.rank}`;
+  let label = name.name;
+  const r = await writeRanks({
+    plan, ranks: slices, format: cfg.loadCkptFormat, memory, io: ctx.io,
+    // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
+    outputPath: (rank) => transformedFile(cfg, name.name, rank),
+    onGroup: (ranks) => {
+      label = ranks.length === 1 ? `${name.name}/rank_${ranks[0]}` : `${name.name}/rank_${ranks[0]}..${ranks[ranks.length - 1]}`;
       hb.update({ done, total, label });
-      const sinks: TensorSink[] = [];
-      let closed = 0;
-      try {
-        for (const rp of group) {
-          // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
-          sinks.push(await createWeightsSink(transformedFile(cfg, name.name, rp.rank), format, rp.tensors.map(sinkTensorOf)));
-        }
-        const onBytes = (n: number): void => {
-          done += n;
-          hb.update({ done, total, label });
-        };
-        await executeRankPlanGroup(group, pool, sinks, buffers, onBytes);
-        // the test hooks count finished files: checked after each file of the group is closed
-        for (const sink of sinks) {
-          await sink.close();
-          closed++;
-          counter.files++;
-          if (counter.dieAfter !== undefined && counter.files >= counter.dieAfter) process.kill(process.pid, 'SIGKILL');
-          if (counter.throwAfter !== undefined && counter.files >= counter.throwAfter) {
-            throw new FailureError(`injected failure after ${counter.files} file(s) (MSCKPT_TEST_THROW_AFTER_FILES)`);
-          }
-        }
-      } catch (err) {
-        // files already closed are complete; the rest of the group is dropped (temp files removed)
-        for (const sink of sinks.slice(closed)) await sink.abort().catch(() => undefined);
-        throw err;
-      }
-    }
-  } finally {
-    await pool.close();
-  }
+    },
+    onBytes: (n) => {
+      done += n;
+      hb.update({ done, total, label });
+    },
+    ...(faults !== undefined ? { faults } : {}),
+  });
+  return r.files.length;
 }
 
 /** `msckpt.safetensors_slicing` of the YAML (validated by the schema), default `convert`. */
@@ -607,7 +580,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     ? Array.from({ length: id.worldSize }, (_v, i) => i)
     : Array.from({ length: id.localWorkerNum }, (_v, i) => id.nodeRank * id.localWorkerNum + i).filter((r) => r < id.worldSize);
   const leader = group[0] as number;
-  const ctx: Ctx = { cfg, id, env, cwd, log, command: opts.command, group, shared };
+  const ctx: Ctx = { cfg, id, env, cwd, log, command: opts.command, group, shared, io: opts.sourceIO ?? defaultSourceIO };
   if (!shared && cfg.useParallel && cfg.parallelConfig.pipelineStage > 1 && dstOverride === undefined) {
     throw new InputError(
       'without a shared disk a node sees only its own ranks\' strategy files, which do not describe every pipeline stage; ' +
@@ -688,19 +661,19 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       const mine = converters.find((c) => c.rank === id.rank);
       if (mine !== undefined) {
         const hb = coord.startHeartbeat('convert');
-        const counter: { files: number; dieAfter?: number; throwAfter?: number } = { files: 0 };
-        const die = testHook(env, 'MSCKPT_TEST_DIE_AFTER_FILES', id.rank);
-        const thr = testHook(env, 'MSCKPT_TEST_THROW_AFTER_FILES', id.rank);
-        if (die !== undefined) counter.dieAfter = die;
-        if (thr !== undefined) counter.throwAfter = thr;
+        let files = 0;
+        const fault = opts.faults !== undefined && opts.faults.rank === id.rank ? opts.faults : undefined;
         const started = Date.now();
         try {
-          for (const n of todo) await convertSlices(ctx, n, mine.slices, check.dstStrategy, memory, hb, counter);
+          for (const n of todo) {
+            const faults = fault === undefined ? undefined : { action: fault.action, afterFiles: fault.afterFiles - files };
+            files += await convertSlices(ctx, n, mine.slices, memory, hb, faults);
+          }
         } finally {
           await hb.stop();
         }
-        log(`converted slices ${mine.slices[0]}..${mine.slices[mine.slices.length - 1]} (${counter.files} file(s)) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-        await coord.publish('converted', { slices: mine.slices, files: counter.files });
+        log(`converted slices ${mine.slices[0]}..${mine.slices[mine.slices.length - 1]} (${files} file(s)) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        await coord.publish('converted', { slices: mine.slices, files });
       } else {
         log(`waiting for converter rank(s) ${convRanks.join(', ')}`);
       }

@@ -14,13 +14,13 @@ import { stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { InputError } from '../errors.js';
-import { createCheckpointSink } from '../formats/ckpt/index.js';
 import { elementSize, isFloat, toFloat32, type DType, type FloatDType } from '../formats/dtype.js';
 import { resolveWeights } from '../formats/resolve.js';
 import type { SinkTensor, TensorSink } from '../formats/types.js';
-import type { Progress } from '../cli/progress.js';
+import type { ProgressFactory } from '../progress.js';
 import { bufferSizes, buildPlan, loadPlan, openPlanSource, planRank, planSourceFiles, type Plan, type PlannedTensor, type RankPlan } from '../plan/index.js';
 import { createTransformSourcePool, executeRankPlan, TransformBuffers, type Band, type TransformSourcePool } from '../transform/execute.js';
+import { writeRanks } from '../transform/rank-writer.js';
 import { KernelPool, kernelDTypeCode } from './kernel.js';
 import { planLoraNames, type LoraPair } from './names.js';
 import type { LoraScaling } from './scaling.js';
@@ -50,7 +50,7 @@ export interface LoraMergeOptions {
   /** Smallest product (multiply-adds) worth handing a share to a worker thread (default 2^22). */
   kernelMinWork?: number;
   /** Called once the output size is known; returns the progress reporter to use. */
-  progress?: (totalBytes: number) => Progress;
+  progress?: ProgressFactory;
 }
 
 export interface LoraMergedWeight {
@@ -302,49 +302,35 @@ export async function mergeLora(opts: LoraMergeOptions): Promise<LoraMergeResult
     if (!opts.overwrite && (await exists(out))) throw new InputError('output exists (pass --overwrite to replace it)', { file: out });
   }
 
-  const openSource = (p: Plan) => (rank: number) => openPlanSource(p.source.files[rank] as Plan['source']['files'][number]);
-  const pool = createTransformSourcePool(openSource(plan));
-  const loraPool = createTransformSourcePool(openSource(loraPlan), 8);
+  const loraPool = createTransformSourcePool((rank) => openPlanSource(loraPlan.source.files[rank] as Plan['source']['files'][number]), 8);
   const kernels = new KernelPool(threads);
   const product = new LoraProduct(
     pairs, { plan: loraPlan, rp: loraRank, byName: new Map(loraRank.tensors.map((t) => [t.name, t])) }, loraPool, kernels, scale, threads > 1, opts.kernelMinWork,
   );
-  const total = plan.bytesWritten;
-  const progress = opts.progress?.(total);
-  const buffers = new TransformBuffers({ band, scratch: bufferSizes(4 * band).scratch }, threads > 1);
-  const files: string[] = [];
-  const tensorsPerFile: number[] = [];
+  const progress = opts.progress?.(plan.bytesWritten);
   let bytesWritten = 0;
+  let written;
   try {
-    for (let i = 0; i < ranks.length; i++) {
-      const rp = planRank(plan, ranks[i] as number);
-      const out = outputs[i] as string;
-      const sink = await createCheckpointSink(out, { crc: opts.crc === true });
-      try {
-        await executeRankPlan(rp, pool, sink, buffers, {
-          onBytes: (n) => {
-            bytesWritten += n;
-            progress?.advance(n);
-          },
-          onBand: async (b) => {
-            progress?.label(b.tensor);
-            await product.onBand(b);
-          },
-        });
-        await sink.close();
-      } catch (err) {
-        await sink.abort().catch(() => undefined);
-        throw err;
-      }
-      files.push(out);
-      tensorsPerFile.push(rp.tensors.length);
-    }
+    written = await writeRanks({
+      plan, ranks, format: 'ckpt', memory: plan.memory, bandBytes: band, sharedBuffers: threads > 1, crc: opts.crc === true,
+      outputPath: (r) => outputs[ranks.indexOf(r)] as string,
+      onBytes: (n) => {
+        bytesWritten += n;
+        progress?.advance(n);
+      },
+      onBand: async (b) => {
+        progress?.label(b.tensor);
+        await product.onBand(b);
+      },
+    });
     progress?.done();
   } finally {
-    await pool.close();
     await loraPool.close();
     await kernels.close();
   }
+  const files = written.files.map((f) => f.path);
+  const tensorCount = new Map(plan.ranks.map((r) => [r.rank, r.tensorCount]));
+  const tensorsPerFile = written.files.map((f) => tensorCount.get(f.rank) ?? 0);
   const merged: LoraMergedWeight[] = [...pairs.values()].map((p) => ({
     base: p.pair.baseName, a: p.pair.aName, b: p.pair.bName, scheme: p.pair.scheme, rank: p.rank, shape: p.w.fullShape, dtype: p.w.dtype,
   }));

@@ -7,3 +7,4 @@ export {
 export { verifyTransform, type VerifyReport, type VerifyFileResult } from './verify.js';
 export { executeRankPlan, rankPlanInWriteOrder, createTransformSourcePool, TransformBuffers, sinkTensorOf, type TransformSourcePool, type Band, type BandHook, type ExecuteOptions } from './execute.js';
 export { executeRankPlanGroup, rankPlanGroups, rankPlansShareTensors, transformGroupSize, transformGroupBufferSizes, TRANSFORM_MAX_GROUP } from './execute.js';
+export { writeRanks, type WriteRanksOptions, type WriteRanksResult, type CommittedRankFile, type RankWriterFaults } from './rank-writer.js';

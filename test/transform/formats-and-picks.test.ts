@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AtomicFile, crc32Combine, expectAtomicCrc32, takeAtomicCrc32 } from '../../plugin/formats/atomic.js';
+import { AtomicFile, crc32Combine } from '../../plugin/formats/atomic.js';
 import { openCheckpoint } from '../../plugin/formats/ckpt/index.js';
 import { copyBox, fullBox } from '../../plugin/formats/box.js';
 import { elementSize } from '../../plugin/formats/dtype.js';
@@ -243,26 +243,26 @@ describe('CRC-32 while writing (AtomicFile)', () => {
     expect(crc32Combine(g1, g4, 4 * 1024 ** 3)).toBe(five);
   });
 
-  it('header written last at 0 tiles with the data; overwritten bytes fall back (undefined)', async () => {
+  it('header written last at 0 tiles with the data; overwritten bytes fall back (null); untracked files report no CRC', async () => {
     await withTempDir(async (d) => {
       const p = join(d, 'x.bin');
-      expectAtomicCrc32(p);
-      const f = await AtomicFile.create(p);
+      const f = await AtomicFile.create(p, { crc32: true });
       await f.writeAt(Buffer.from('DATA-DATA'), 4);
       await f.writeAt(Buffer.from('MORE'), 13);
       await f.writeAt(Buffer.from('HEAD'), 0);
-      await f.commit();
-      const got = takeAtomicCrc32(p);
+      const got = await f.commit();
       expect(got).toEqual(await fileCrc32Of(p));
-      expect(got?.size).toBe(17);
+      expect(got.size).toBe(17);
 
       const q = join(d, 'y.bin');
-      expectAtomicCrc32(q);
-      const g = await AtomicFile.create(q);
+      const g = await AtomicFile.create(q, { crc32: true });
       await g.write(Buffer.from('abcdef'));
       await g.writeAt(Buffer.from('XY'), 2);
-      await g.commit();
-      expect(takeAtomicCrc32(q)).toBeUndefined();
+      expect(await g.commit()).toEqual({ size: 6, crc32: null });
+
+      const u = await AtomicFile.create(join(d, 'z.bin'));
+      await u.write(Buffer.from('abc'));
+      expect(await u.commit()).toEqual({ size: 3, crc32: null });
     });
   });
 });

@@ -5,9 +5,9 @@
  * -- <training command ...>`:
  * the hook every rank msrun starts runs; `{config}` in the command becomes the YAML to read.
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { InputError } from '../../errors.js';
-import { launch } from '../../launcher/launch.js';
+import { launch, type LaunchFaults } from '../../launcher/launch.js';
 import { parseMemorySize } from '../../transform/transform.js';
 
 export const order = 90;
@@ -22,6 +22,15 @@ interface LaunchFlags {
   localWorkerNum?: string;
   memory?: string;
   safetensorsSlicing?: string;
+  testFault?: string;
+}
+
+/** `--test-fault RANK:FILES:throw|kill` (hidden, for tests): that converter rank fails after FILES files. */
+function testFault(v: string | undefined): LaunchFaults | undefined {
+  if (v === undefined) return undefined;
+  const m = /^(\d+):(\d+):(throw|kill)$/.exec(v.trim());
+  if (m === null) throw new InputError(`--test-fault must be RANK:FILES:throw|kill, got '${v}'`);
+  return { rank: Number(m[1]), afterFiles: Number(m[2]), action: m[3] as 'throw' | 'kill' };
 }
 
 function positive(v: string | undefined, flag: string, integer: boolean): number | undefined {
@@ -47,15 +56,18 @@ export function register(program: Command): void {
     .option('--local-worker-num <n>', "workers per node, when msrun's environment cannot tell")
     .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (default 512M)')
     .option('--safetensors-slicing <mode>', 'load_ckpt_format safetensors with complete weights: convert (slice per rank now) or load-time (leave unified for mindformers)')
+    .addOption(new Option('--test-fault <rank:files:action>', 'tests only: that converter rank throws or is killed after that many files').hideHelp())
     .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
     .action(async (command: string[], flags: LaunchFlags) => {
       const slicing = flags.safetensorsSlicing;
       if (slicing !== undefined && slicing !== 'convert' && slicing !== 'load-time') {
         throw new InputError(`--safetensors-slicing must be 'convert' or 'load-time', got '${slicing}'`);
       }
+      const faults = testFault(flags.testFault);
       const code = await launch({
         config: flags.config,
         command,
+        ...(faults !== undefined ? { faults } : {}),
         ...(flags.dstStrategy !== undefined ? { dstStrategy: flags.dstStrategy } : {}),
         ...(flags.barrierTimeout !== undefined ? { barrierTimeout: positive(flags.barrierTimeout, '--barrier-timeout', false) } : {}),
         ...(flags.heartbeatTimeout !== undefined ? { heartbeatTimeout: positive(flags.heartbeatTimeout, '--heartbeat-timeout', false) } : {}),

@@ -6,7 +6,7 @@ import { Command, Option } from 'commander';
 import { InputError } from '../../errors.js';
 import type { PickRule } from '../../formats/resolve.js';
 import { transformCheckpoints, type TransformOptions } from '../../transform/index.js';
-import { formatBytes } from '../progress.js';
+import { createProgress, formatBytes } from '../progress.js';
 
 export const order = 20;
 
@@ -96,8 +96,7 @@ export function register(program: Command): void {
         ...(fmt !== undefined ? { outputFormat: fmt } : {}),
         ...(srcFormat !== undefined ? { srcFormat } : {}),
         ...(flags.crc === true ? { crc: true } : {}),
-        progress: !json,
-        child: flags.child === true,
+        progress: (total: number) => createProgress(total, !json),
         ...(worldSize !== undefined ? { worldSize } : {}),
         ...(rank !== undefined ? { rank } : {}),
         ...(flags.ranks !== undefined ? { ranks: flags.ranks } : {}),
