@@ -363,18 +363,3 @@ export async function listWeightFiles(path: string, format: WeightsFormat): Prom
   for (const it of items) out.push(...(await it.files()));
   return out;
 }
-
-/** The files a resolved weights path reads, for fingerprints: every candidate that counts. */
-export function filesOf(r: ResolvedWeights): FoundFile[] {
-  switch (r.kind) {
-    case 'file':
-      return [r.file];
-    case 'index':
-    case 'unified':
-      return [r.index, ...r.files];
-    case 'files':
-      return r.sources.map((s) => s.file);
-    case 'ranks':
-      return r.ranks.map((x) => x.file);
-  }
-}

@@ -31,7 +31,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { constants as osConstants } from 'node:os';
-import { formatBytes } from '../cli/progress.js';
+import { formatBytes } from '../units.js';
 import { CoordinationError, Coordinator, type HeartbeatHandle } from '../coordination/coordinator.js';
 import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { describeError, FailureError, InputError } from '../errors.js';
