@@ -3,12 +3,13 @@
  * mtime, ties by (epoch, step), then name; or by (epoch, step) with pick 'name'), with the path
  * as given and the real path of every file.
  */
-import { mkdir, mkdtemp, realpath, rm, symlink, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, realpath, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../plugin/errors.js';
 import { createCheckpointSink } from '../../plugin/formats/ckpt/index.js';
+import { detectKind } from '../../plugin/formats/detect.js';
 import { pickWeightFile, resolveStrategy, resolveWeights, surveyWeights } from '../../plugin/formats/resolve.js';
 import { createSafetensorsSink } from '../../plugin/formats/safetensors/index.js';
 import { makeStrategy, writeStrategy } from '../../plugin/formats/strategy/index.js';
@@ -119,6 +120,24 @@ describe('resolveWeights', () => {
     await mkdir(join(dir, 'nothing'));
     await expect(resolveWeights(join(dir, 'nothing'))).rejects.toThrow(/no rank_N folders, param_name_map.json or \*\.index\.json/);
     await expect(resolveWeights(join(dir, 'missing'))).rejects.toThrow(/no such file or directory/);
+  });
+
+  it("a checkpoint whose first record is 123 bytes long (0x0a 0x7b, like '\\n{') is a checkpoint, not JSON", async () => {
+    let found = false;
+    for (let n = 1; n < 120 && !found; n++) {
+      const p = join(dir, `rec-${n}.ckpt`);
+      const s = await createCheckpointSink(p);
+      await s.beginTensor({ name: 'x'.repeat(n), dtype: 'Int8', shape: [8], byteLength: 8 });
+      await s.write(new Uint8Array(8));
+      await s.endTensor();
+      await s.close();
+      const head = await readFile(p);
+      if (head[1] !== 0x7b) continue;
+      found = true;
+      expect((await resolveWeights(p)).kind).toBe('file');
+      expect(await detectKind(p)).toBe('checkpoint');
+    }
+    expect(found).toBe(true);
   });
 
   it('strategies: a file is refused as weights; a folder of per-rank files is listed', async () => {
