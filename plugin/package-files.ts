@@ -3,7 +3,7 @@
  * other output folder alike: walk up from this module to the folder that holds the file.
  */
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { dirname, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const found = new Map<string, string>();
@@ -21,4 +21,17 @@ export function packageFile(rel: string): string {
     }
     if (dirname(dir) === dir) throw new Error(`msckpt: cannot find ${rel} above ${start}`);
   }
+}
+
+/**
+ * A module of msckpt to start as its own node process (`rel` without extension, from plugin/,
+ * e.g. `transform/worker`): the compiled `.js` beside this module, or under tsx the `.ts` source
+ * with the tsx loader, so it works from the sources and from dist alike.
+ */
+export function pluginModule(rel: string): { path: string; execArgv: string[] } {
+  const self = fileURLToPath(import.meta.url);
+  const ext = extname(self);
+  const path = join(dirname(self), `${rel}${ext}`);
+  if (!existsSync(path)) throw new Error(`msckpt: cannot find ${rel}${ext} beside ${self}`);
+  return { path, execArgv: ext === '.ts' ? ['--import', import.meta.resolve('tsx')] : [] };
 }

@@ -2,21 +2,12 @@
  * Progress for long work: a single redrawn line on a TTY, nothing at all in logs or with --json.
  * With a known total: percentage, bytes of total, rate and time left. Without one (a total of 0,
  * or work that outgrows the total it announced): bytes done and rate only, never a made-up
- * percentage.
+ * percentage. The library reports through the callback interface of plugin/progress.ts.
  */
+import { SILENT_PROGRESS as SILENT, type Progress } from '../progress.js';
 import { formatBytes, formatDuration } from '../units.js';
 
-export { formatBytes };
-
-export interface Progress {
-  /** Add done bytes (or units). */
-  advance(amount: number): void;
-  /** Set a short label for what is being worked on. */
-  label(text: string): void;
-  done(): void;
-}
-
-const SILENT: Progress = { advance() {}, label() {}, done() {} };
+export { formatBytes, type Progress };
 
 /** Columns used when the terminal reports none (0 or unknown). */
 export const FALLBACK_COLUMNS = 80;

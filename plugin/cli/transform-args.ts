@@ -21,7 +21,7 @@ import { readdir, realpath, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Option, type Command } from 'commander';
 import { InputError, UsageError } from '../errors.js';
-import type { PickRule, SourceFormat } from '../plan/load.js';
+import type { PickRule, WeightsFormat } from '../formats/resolve.js';
 import { formatRankRanges, parseRankRanges } from '../transform/index.js';
 import { typedAs } from './args.js';
 import { boolFlag, choiceFlag, intFlag, MAX_PROCESSES, MAX_WORLD_SIZE, sizeFlag } from './flags.js';
@@ -46,7 +46,6 @@ export interface TransformFlags {
   srcFormat?: string;
   crc?: boolean;
   json?: boolean;
-  child?: boolean;
   rankId?: string;
   transformProcessNum?: string;
   transformByRank?: string | boolean;
@@ -75,7 +74,7 @@ export function addTransformFlags(cmd: Command, use: TransformUse): Command {
     .addOption(new Option('--rank <r>', `${use === 'transform' ? 'write' : use} only this destination rank`).conflicts(['ranks', 'rankId']))
     .addOption(new Option('--ranks <list>', `${use === 'transform' ? 'write' : use} only these destination ranks, e.g. 8-15 or 0,2,4-7`).conflicts(['rankId']))
     .option('--memory <size>', `buffer budget, e.g. 512M or 2G (K/M/G: powers of 1024; default ${DEFAULT_MEMORY_TEXT})`)
-    .option('--pick <rule>', 'which file of a rank_N folder holding several: last (name order, default) or newest')
+    .option('--pick <rule>', "which file of a rank_N folder holding several counts: newest (modification time, mindformers' rule; default) or name (largest epoch/step in the name, MindSpore's transform_checkpoints)")
     .option('--output-format <fmt>', ignored("ckpt or safetensors (default: the source's format)"))
     .option('--src-format <fmt>', 'rank_N folders holding both .ckpt and .safetensors files: which to read (default safetensors)')
     .option('--output-layout <layout>', ignored("msckpt (DIR/rank_N/) or mindformers (DIR/<name>/rank_N/, as transform_checkpoint.py); default: mindformers for the Python tool's command lines, else msckpt"))
@@ -84,7 +83,7 @@ export function addTransformFlags(cmd: Command, use: TransformUse): Command {
     .option('--transform-by-rank [bool]', 'transform_checkpoint.py: convert only this converter\'s ranks (true/false)')
     .option('--json', use === 'rank-list' ? 'print one JSON object on stdout' : use === 'plan' ? 'print the full plan (with copy operations) as one JSON object' : 'print one JSON report on stdout');
   if (use === 'transform') {
-    cmd.option('--crc', 'ckpt: append the CRC-32 trailer; safetensors: store crc_num in the metadata').addOption(new Option('--child').hideHelp());
+    cmd.option('--crc', 'ckpt: append the CRC-32 trailer; safetensors: store crc_num in the metadata');
   } else {
     cmd.addOption(new Option('--crc').hideHelp());
   }
@@ -112,7 +111,7 @@ export interface TransformRequest {
   readonly memory: number;
   readonly pick?: PickRule;
   readonly outputFormat?: 'ckpt' | 'safetensors';
-  readonly srcFormat?: SourceFormat;
+  readonly srcFormat?: WeightsFormat;
   readonly crc: boolean;
   /** Lines for the user before the work starts (the dialect's announcement, warnings). */
   readonly notices: readonly string[];
@@ -179,7 +178,7 @@ export async function resolveTransformRequest(flags: TransformFlags, positional:
   const srcFormat = choiceFlag('--src-format', flags.srcFormat, ['ckpt', 'safetensors'] as const);
   const memory = sizeFlag('--memory', flags.memory ?? DEFAULT_MEMORY_TEXT) as number;
   const processNum = intFlag('--process-num', flags.processNum, { min: 1, max: MAX_PROCESSES }) ?? 1;
-  let pick = choiceFlag('--pick', flags.pick, ['last', 'newest'] as const);
+  let pick: PickRule | undefined = choiceFlag('--pick', flags.pick, ['newest', 'name'] as const);
   const one = intFlag('--rank', flags.rank, { min: 0, max: MAX_WORLD_SIZE - 1 });
   let ranks: number[] | undefined = one !== undefined ? [one] : ranksFlag(flags.ranks);
 
@@ -282,7 +281,7 @@ export async function resolveTransformRequest(flags: TransformFlags, positional:
     }
   }
   const jobs = layout === 'mindformers' && use === 'transform' ? await mindformersJobs(src, dst) : [{ srcCheckpoint: src, dstDir: dst }];
-  if (use === 'transform' && dialect !== 'msckpt' && flags.child !== true) {
+  if (use === 'transform' && dialect !== 'msckpt') {
     const where = layout === 'mindformers'
       ? `${join(dst, jobs.length === 1 ? basename((jobs[0] as TransformJob).dstDir) : '<name>')}/rank_N/${prefix}N.ckpt, as the tool does (--output-layout msckpt: ${dst}/rank_N/)`
       : `${dst}/rank_N/${prefix}N.ckpt (--output-layout msckpt)`;

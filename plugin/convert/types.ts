@@ -5,7 +5,7 @@
  * relating a few HuggingFace tensors to a few MindSpore tensors by rows. One streaming engine
  * (engine.ts) runs every model in both directions from that description.
  */
-import type { Progress } from '../cli/progress.js';
+import type { Progress } from '../progress.js';
 import type { DType } from '../formats/dtype.js';
 
 /** `--dtype` values, as the Python tool spells them. */

@@ -1,20 +1,17 @@
 /**
  * Outputs appear under their final names only when complete: write to a temporary name in the
  * same directory, fsync, rename. The temporary name is unique per process so that two writers
- * never share one.
+ * never share one. Asked at creation, a file computes its own CRC-32 from the bytes as they are
+ * written and reports it (with its size) when committed.
  */
 import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 
 let counter = 0;
 
 // ---- optional CRC-32 of a file computed while it is written (no read-back) ----------------------
 
-/** Paths whose whole-file CRC-32 should be computed while written. */
-const crcWanted = new Set<string>();
-/** Results of committed files that were asked for, until taken. */
-const crcDone = new Map<string, { size: number; crc32: number }>();
 const MAX_CRC_SEGMENTS = 65536;
 
 function gf2Times(mat: Uint32Array, vec: number): number {
@@ -61,24 +58,16 @@ export function crc32Combine(crcA: number, crcB: number, lengthB: number): numbe
   return (c ^ crcB) >>> 0;
 }
 
-/**
- * Ask for the CRC-32 of the file that an AtomicFile created for `path` will hold, computed from
- * the bytes as they are written. Collect it after the commit with `takeAtomicCrc32`.
- */
-export function expectAtomicCrc32(path: string): void {
-  crcWanted.add(resolve(path));
+/** What a committed file holds: its size, and its CRC-32 when it was tracked and the writes tell it. */
+export interface FileCommit {
+  readonly size: number;
+  /** null when not asked for, or when the writes cannot tell (e.g. bytes overwritten): then read the file. */
+  readonly crc32: number | null;
 }
 
-/**
- * The size and CRC-32 of a committed file asked for with `expectAtomicCrc32`, or undefined when
- * it could not be known from the writes (e.g. bytes overwritten); then read the file instead.
- */
-export function takeAtomicCrc32(path: string): { size: number; crc32: number } | undefined {
-  const key = resolve(path);
-  crcWanted.delete(key);
-  const r = crcDone.get(key);
-  crcDone.delete(key);
-  return r;
+export interface AtomicFileOptions {
+  /** Compute the file's CRC-32 from the bytes as they are written. */
+  readonly crc32?: boolean;
 }
 
 interface CrcSegment {
@@ -99,14 +88,16 @@ export class AtomicFile {
   readonly tempPath: string;
   private handle: FileHandle | null;
   private position = 0;
+  /** End of the furthest byte written. */
+  private extent = 0;
   /** Runs of written bytes with their CRC-32 when a CRC was asked for; null = not tracked. */
   private segments: CrcSegment[] | null = null;
 
-  private constructor(path: string, tempPath: string, handle: FileHandle) {
+  private constructor(path: string, tempPath: string, handle: FileHandle, trackCrc: boolean) {
     this.path = path;
     this.tempPath = tempPath;
     this.handle = handle;
-    if (crcWanted.has(resolve(path))) this.segments = [];
+    if (trackCrc) this.segments = [];
   }
 
   private track(data: Uint8Array, position: number): void {
@@ -137,15 +128,15 @@ export class AtomicFile {
       crc = crc32Combine(crc, s.crc, s.len);
       at += s.len;
     }
-    if (at < this.position) return undefined;
+    if (at < this.extent) return undefined;
     return { size: at, crc32: crc >>> 0 };
   }
 
-  static async create(path: string): Promise<AtomicFile> {
+  static async create(path: string, opts: AtomicFileOptions = {}): Promise<AtomicFile> {
     await mkdir(dirname(path), { recursive: true });
     const tempPath = tempNameFor(path);
     const handle = await open(tempPath, 'wx');
-    return new AtomicFile(path, tempPath, handle);
+    return new AtomicFile(path, tempPath, handle, opts.crc32 === true);
   }
 
   /** Bytes written so far. */
@@ -163,6 +154,7 @@ export class AtomicFile {
     }
     this.track(data, this.position);
     this.position += data.byteLength;
+    this.extent = Math.max(this.extent, this.position);
   }
 
   /** Write at an absolute position (used to patch headers); does not move the append position. */
@@ -174,21 +166,19 @@ export class AtomicFile {
       done += bytesWritten;
     }
     this.track(data, position);
+    this.extent = Math.max(this.extent, position + data.byteLength);
   }
 
-  /** Flush, close and rename onto the final name. */
-  async commit(): Promise<void> {
+  /** Flush, close and rename onto the final name; returns the size and (when tracked) the CRC-32. */
+  async commit(): Promise<FileCommit> {
     const h = this.requireOpen();
     this.handle = null;
     await h.sync();
     await h.close();
     await rename(this.tempPath, this.path);
-    const key = resolve(this.path);
-    if (crcWanted.has(key)) {
-      const c = this.trackedCrc();
-      if (c !== undefined) crcDone.set(key, c);
-      this.segments = null;
-    }
+    const c = this.trackedCrc();
+    this.segments = null;
+    return { size: c?.size ?? this.extent, crc32: c?.crc32 ?? null };
   }
 
   /** Close and remove the temporary file. Safe to call after commit (does nothing). */

@@ -3,7 +3,6 @@
  * a file, the keys of a JSON document, the layout of a directory.
  */
 import { open, readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { encryptionModeOf } from './ckpt/reader.js';
 import { looksLikeSafetensors } from './safetensors/index.js';
@@ -74,62 +73,25 @@ export async function detectKind(path: string): Promise<WeightsKind> {
   let i = 0;
   if (head[0] === 0xef && head[1] === 0xbb && head[2] === 0xbf) i = 3;
   while (i < head.length && (head[i] === 0x20 || head[i] === 0x0a || head[i] === 0x0d || head[i] === 0x09)) i++;
+  // a checkpoint starts 0x0a (a newline) and its first record may be 123 bytes long ('{'): only
+  // a document that is JSON (or, when large, names the keys) counts as JSON
   if (head[i] === 0x7b) {
     if (size <= JSON_PARSE_LIMIT) {
       const text = Buffer.from(await readHead(path, size)).toString('utf8').replace(/^\uFEFF/, '');
+      let doc: unknown;
       try {
-        return classifyJson(JSON.parse(text));
+        doc = JSON.parse(text);
       } catch {
-        return 'unknown';
+        doc = undefined;
       }
+      if (doc !== undefined) return classifyJson(doc);
+    } else {
+      const text = Buffer.from(await readHead(path, JSON_SCAN_BYTES)).toString('utf8');
+      if (text.includes('"weight_map"')) return 'safetensors-index';
+      if (text.includes('"parallel_layout_item"') || text.includes('"parallel_strategy_item"')) return 'strategy-json';
     }
-    const text = Buffer.from(await readHead(path, JSON_SCAN_BYTES)).toString('utf8');
-    if (text.includes('"weight_map"')) return 'safetensors-index';
-    if (text.includes('"parallel_layout_item"') || text.includes('"parallel_strategy_item"')) return 'strategy-json';
-    return 'unknown';
   }
   if (head[0] === 0x0a) return 'checkpoint';
   if (head[0] === 0x08) return 'strategy';
   return 'unknown';
-}
-
-export interface RankFile {
-  readonly rank: number;
-  /** The chosen weight file of this rank (null when the folder holds none). */
-  readonly file: string | null;
-}
-
-function lastTwoInts(name: string): [number, number] {
-  const ints = (name.match(/\d+/g) ?? []).map(Number);
-  return [ints[ints.length - 2] ?? -1, ints[ints.length - 1] ?? -1];
-}
-
-/**
- * The `rank_N/` folders of a distributed checkpoint directory, by rank, each with its weight file:
- * `.ckpt` checkpoints (by content) or `.safetensors` files; when a folder holds several, the one
- * with the largest last two integers in its name (epoch, step) is chosen, as MindSpore does.
- */
-export async function listRankFiles(dir: string): Promise<RankFile[]> {
-  const st = await statOrThrow(dir);
-  if (!st.isDirectory()) throw new InputError('not a directory', { file: dir });
-  const out: RankFile[] = [];
-  for (const d of await readdir(dir, { withFileTypes: true })) {
-    const m = RANK_DIR.exec(d.name);
-    if (m === null || !d.isDirectory()) continue;
-    const rankDir = join(dir, d.name);
-    const candidates: string[] = [];
-    for (const f of (await readdir(rankDir, { withFileTypes: true })).filter((x) => x.isFile())) {
-      if (!/\.(ckpt|safetensors)$/.test(f.name)) continue;
-      const kind = await detectKind(join(rankDir, f.name));
-      if (kind === 'checkpoint' || kind === 'safetensors') candidates.push(f.name);
-    }
-    candidates.sort((a, b) => {
-      const [a1, a2] = lastTwoInts(a);
-      const [b1, b2] = lastTwoInts(b);
-      return a1 - b1 || a2 - b2 || (a < b ? -1 : a > b ? 1 : 0);
-    });
-    const chosen = candidates[candidates.length - 1];
-    out.push({ rank: Number(m[1]), file: chosen === undefined ? null : join(rankDir, chosen) });
-  }
-  return out.sort((a, b) => a.rank - b.rank);
 }

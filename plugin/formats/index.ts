@@ -8,4 +8,6 @@ export * from './strategy/index.js';
 export * from './safetensors/index.js';
 export * from './copy.js';
 export * from './detect.js';
+export * from './resolve.js';
 export * from './open.js';
+export * from './source-index.js';

@@ -5,9 +5,10 @@
 import { InputError } from '../errors.js';
 import { openCheckpoint, type CheckpointSource } from './ckpt/reader.js';
 import { createCheckpointSink } from './ckpt/writer.js';
-import { detectKind, listRankFiles, type WeightsKind } from './detect.js';
+import { detectKind, type WeightsKind } from './detect.js';
 import { decodeToF64, dtypeInfo, type DType } from './dtype.js';
 import { createSafetensorsSink, openSafetensors, type SafetensorsSource } from './safetensors/index.js';
+import { resolveWeights, type PickRule, type WeightsFormat } from './resolve.js';
 import { readStrategy } from './strategy/index.js';
 import type { TensorMapEntry } from './strategy/model.js';
 import type { SinkTensor, TensorSink, TensorSource } from './types.js';
@@ -48,11 +49,11 @@ export async function openWeights(path: string, opts: OpenWeightsOptions = {}): 
   }
 }
 
-export type WeightsFormat = 'ckpt' | 'safetensors';
-
 export interface WeightsSinkOptions {
-  /** `.ckpt`: append the CRC trailer. */
+  /** `.ckpt`: append the CRC trailer; safetensors: `crc_num` in the metadata. */
   crc?: boolean;
+  /** Compute the CRC-32 of the whole file while writing it (reported by `close()`). */
+  fileCrc32?: boolean;
   /** safetensors: `__metadata__`. */
   metadata?: Record<string, string>;
 }
@@ -67,8 +68,9 @@ export async function createWeightsSink(
   tensors: readonly SinkTensor[],
   opts: WeightsSinkOptions = {},
 ): Promise<TensorSink> {
-  if (format === 'ckpt') return createCheckpointSink(path, { crc: opts.crc === true });
-  return createSafetensorsSink(path, tensors, { metadata: opts.metadata ?? { format: 'ms' }, sortKeys: true, crc: opts.crc === true });
+  const fileCrc32 = opts.fileCrc32 === true;
+  if (format === 'ckpt') return createCheckpointSink(path, { crc: opts.crc === true, fileCrc32 });
+  return createSafetensorsSink(path, tensors, { metadata: opts.metadata ?? { format: 'ms' }, sortKeys: true, crc: opts.crc === true, fileCrc32 });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -104,7 +106,12 @@ export interface SafetensorsInspectReport {
 
 export interface DistributedInspectReport {
   kind: 'distributed';
-  ranks: Array<{ rank: number; file: string | null }>;
+  format: WeightsFormat;
+  /** The rule that chose each rank's file. */
+  rule: PickRule;
+  /** Each rank folder: the file that counts and the candidates it was chosen among. */
+  ranks: Array<{ rank: number; file: string; candidates: string[] }>;
+  notices: string[];
 }
 
 export type InspectReport = CheckpointInspectReport | StrategyInspectReport | SafetensorsInspectReport | DistributedInspectReport;
@@ -112,6 +119,8 @@ export type InspectReport = CheckpointInspectReport | StrategyInspectReport | Sa
 export interface InspectOptions {
   /** Checkpoints: compute and compare the CRC-32 (reads the whole file). */
   verifyCrc?: boolean;
+  /** rank_N trees: which file of a folder holding several counts (default newest). */
+  pick?: PickRule;
 }
 
 /** Describe what `path` holds (detected by content). */
@@ -159,8 +168,14 @@ export async function inspectWeights(path: string, opts: InspectOptions = {}): P
         await src.close();
       }
     }
-    case 'distributed':
-      return { kind: 'distributed', ranks: (await listRankFiles(path)).map((r) => ({ rank: r.rank, file: r.file })) };
+    case 'distributed': {
+      const r = await resolveWeights(path, opts.pick !== undefined ? { pick: opts.pick } : {});
+      if (r.kind !== 'ranks') throw notWeights(kind, path);
+      return {
+        kind: 'distributed', format: r.format, rule: r.rule, notices: [...r.notices],
+        ranks: r.ranks.map((x) => ({ rank: x.rank, file: x.file.path, candidates: x.candidates.map((c) => c.path) })),
+      };
+    }
     default:
       throw notWeights(kind, path);
   }

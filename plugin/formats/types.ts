@@ -60,16 +60,25 @@ export interface SinkTensor {
   readonly ckpt?: CkptHints;
 }
 
+/** What a file sink wrote, reported by `close()`. */
+export interface SinkCommit {
+  readonly path: string;
+  readonly size: number;
+  /** CRC-32 of the whole file (asked for at creation), or null when the writes could not tell. */
+  readonly crc32: number | null;
+}
+
 /**
  * A writable weight file. Tensors are written one after another: `beginTensor`, then `write`
  * pieces whose lengths add up to `byteLength` (in C order), then `endTensor`. The file appears
- * under its final name only after `close()`; `abort()` removes what was written.
+ * under its final name only after `close()`, which reports its size and CRC-32 (file sinks);
+ * `abort()` removes what was written.
  */
 export interface TensorSink {
   readonly path: string;
   beginTensor(tensor: SinkTensor): Promise<void>;
   write(piece: Uint8Array): Promise<void>;
   endTensor(): Promise<void>;
-  close(): Promise<void>;
+  close(): Promise<SinkCommit | void>;
   abort(): Promise<void>;
 }

@@ -32,26 +32,23 @@
 import { execa } from 'execa';
 import { existsSync, realpathSync } from 'node:fs';
 import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { constants as osConstants } from 'node:os';
-import { formatBytes } from '../cli/progress.js';
+import { formatBytes } from '../units.js';
 import { CoordinationError, Coordinator, DEFAULT_JOIN_TIMEOUT_MS, defaultPollInterval, type HeartbeatHandle } from '../coordination/coordinator.js';
 import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { formatDuration } from '../units.js';
 import { describeError, FailureError, InputError } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic.js';
 import { mergeStrategies } from '../formats/strategy/merge.js';
-import { DEFAULT_MEMORY, planRank, type Plan, type RankPlan } from '../plan/build.js';
-import { createOutputSink, openWeightsFile } from '../plan/io.js';
-import { loadPlan } from '../plan/load.js';
-import {
-  createTransformSourcePool, executeRankPlanGroup, rankPlanGroups, sinkTensorOf,
-  TransformBuffers, transformGroupBufferSizes, transformGroupSize,
-} from '../transform/execute.js';
-import type { TensorSink } from '../formats/types.js';
+import { openWeights } from '../formats/open.js';
+import { defaultSourceIO, type SourceIO } from '../formats/source-index.js';
+import { DEFAULT_MEMORY, loadPlan, planRank, readPlanFile, writePlanFile, type Plan } from '../plan/index.js';
+import { writeRanks, type RankWriterFaults } from '../transform/rank-writer.js';
+import { resolveWeights, sourceStem, type ResolvedWeights } from '../formats/resolve.js';
 import {
   assignConverters, checkRunConfig, commandOverrides, convertedLoadPath, deriveRunConfig, detectMindformersVersion, formatConfigProblem,
-  rewriteCommand, RunConfigError, transformedNames, type ConverterAssignment, type FoundVersion, type RunConfig, type RunConfigReport,
+  rewriteCommand, RunConfigError, type ConverterAssignment, type FoundVersion, type RunConfig, type RunConfigReport,
 } from './config.js';
 import { jobIdentity, msrunClusterTimeoutMs, MSRUN_VARS, rankIdentity, type RankIdentity } from './identity.js';
 
@@ -98,6 +95,18 @@ export interface LaunchOptions {
   readonly mindformersVersion?: string;
   /** Where progress lines go (default: stderr, prefixed with the rank). */
   readonly log?: (line: string) => void;
+  /**
+   * How source headers are read and sources opened (default: the files). The leader reads the
+   * headers once while planning; converter ranks open the sources from the plan file's indexes.
+   */
+  readonly sourceIO?: SourceIO;
+  /** Fault injection for tests (`msckpt launch --test-fault RANK:FILES:throw|kill`): that converter rank fails after that many files. */
+  readonly faults?: LaunchFaults;
+}
+
+/** A converter rank that fails on purpose (tests). */
+export interface LaunchFaults extends RankWriterFaults {
+  readonly rank: number;
 }
 
 /** How a job with `load_ckpt_format: safetensors` gets its slices (see LaunchOptions). */
@@ -117,6 +126,8 @@ interface NameCheck {
   peakMemory: number;
   ranks: Array<{ rank: number; bytesWritten: number; peakMemory: number; sourceRanks: readonly number[] }>;
   dropped: readonly string[];
+  /** The plan file the leader wrote (with its fingerprint); null when the source is used as it is. */
+  plan: { file: string; fingerprint: string } | null;
 }
 
 interface CheckResult {
@@ -150,15 +161,6 @@ function signalNumber(sig: string | undefined): number {
   if (sig === undefined) return 1;
   const n = (osConstants.signals as Record<string, number>)[sig];
   return n === undefined ? 1 : 128 + n;
-}
-
-/** Hooks for deterministic failure tests: `RANK:N` = that converter stops after N files. */
-function testHook(env: NodeJS.ProcessEnv, name: string, rank: number): number | undefined {
-  const v = env[name];
-  if (v === undefined || v === '') return undefined;
-  const m = /^(\d+):(\d+)$/.exec(v.trim());
-  if (m === null || Number(m[1]) !== rank) return undefined;
-  return Number(m[2]);
 }
 
 /**
@@ -309,6 +311,7 @@ interface Ctx {
   cwd: string;
   log: (line: string) => void;
   command: readonly string[];
+  io: SourceIO;
 }
 
 /** The derived YAML for `purpose`, written under output/msckpt (per rank, so no two ranks race). */
@@ -329,53 +332,41 @@ function abs(ctx: Ctx, p: string): string {
 }
 
 /**
- * The sources to convert: one folder of rank_N, or each complete file (its stem is the name).
- * With safetensors a folder of complete weights is one source named after the folder: a unified
- * folder (`param_name_map.json`; path: the folder) or an HF index (path: the index file); a
- * folder holding a single file is that file, named by its stem.
+ * The sources to convert, from the one resolver: a folder of rank_N (named after the folder), a
+ * unified folder or HF-index folder (named after the folder), or each complete file (named by its
+ * stem). With safetensors, several complete files without an index are refused (nothing says
+ * which tensor is where).
  */
-export async function launchSources(cfg: RunConfig): Promise<Array<{ name: string; path: string }>> {
+export async function launchSources(cfg: RunConfig): Promise<Array<{ name: string; path: string; resolved: ResolvedWeights }>> {
   const s = cfg.source;
   if (s === undefined || s.kind === 'missing' || s.kind === 'empty-dir') {
     throw new InputError(`load_checkpoint '${cfg.loadCheckpoint}' holds no checkpoint to convert`, { key: 'load_checkpoint' });
   }
-  const names = transformedNames(s);
-  if (s.kind === 'rank-dir') return [{ name: names[0] as string, path: s.path }];
-  if (cfg.loadCkptFormat === 'safetensors' && s.kind === 'complete-dir') {
-    const listed = (await listNames(s.path)).filter((e) => !e.dir).map((e) => e.name);
-    const indexes = listed.filter((n) => n.endsWith('.index.json'));
-    if (listed.includes('param_name_map.json')) return [{ name: basename(s.path), path: s.path }];
-    if (indexes.length === 1) return [{ name: basename(s.path), path: join(s.path, indexes[0] as string) }];
-    if (indexes.length > 1) {
-      throw new InputError(`holds ${indexes.length} index files (${indexes.join(', ')}); keep the one of these weights`, { file: s.path, key: 'load_checkpoint' });
-    }
-    const weights = s.files.filter((f) => /\.safetensors$/i.test(f));
-    if (weights.length > 1) {
-      throw new InputError(
-        `holds ${weights.length} .safetensors files but no param_name_map.json or *.index.json to say which tensor is where; ` +
-          'add the index of these weights (or keep one complete file in the folder)',
-        { file: s.path, key: 'load_checkpoint' },
-      );
-    }
-    const f = weights[0] as string;
-    return [{ name: (basename(f).split('.')[0] as string) || 'checkpoint', path: f }];
+  const r = await resolveWeights(s.path, { format: cfg.loadCkptFormat });
+  switch (r.kind) {
+    case 'ranks':
+    case 'unified':
+      return [{ name: basename(r.path), path: r.path, resolved: r }];
+    case 'index':
+      // the folder holding the index is named after the folder; an index file given by name by its stem
+      return [{ name: r.index.path === r.path ? sourceStem(r.path) : basename(r.path), path: r.index.path, resolved: r }];
+    case 'file':
+      return [{ name: sourceStem(r.path), path: r.path, resolved: r }];
+    case 'files':
+      if (r.format === 'safetensors' && r.sources.length > 1) {
+        throw new InputError(
+          `holds ${r.sources.length} .safetensors files but no param_name_map.json or *.index.json to say which tensor is where; ` +
+            'add the index of these weights (or keep one complete file in the folder)',
+          { file: r.path, key: 'load_checkpoint' },
+        );
+      }
+      return r.sources.map((x) => ({ name: x.name, path: x.file.path, resolved: { kind: 'file', path: x.file.path, format: r.format, file: x.file, notices: [] } }));
   }
-  return s.files.map((f, i) => ({ name: names[i] as string, path: f }));
 }
 
-/**
- * The source strategy of a rank-dir source: src_strategy_path_or_dir, or for safetensors (as
- * mindformers does) the `strategy` folder beside load_checkpoint when that key is unset.
- */
+/** The source strategy of a sliced source, as the release's flow finds it (config's rules: the key, or its fallback). */
 function srcStrategyOf(ctx: Ctx): string | null {
-  const { cfg } = ctx;
-  if (cfg.source?.kind !== 'rank-dir') return null;
-  if (cfg.srcStrategyPathOrDir !== '') return abs(ctx, cfg.srcStrategyPathOrDir);
-  if (cfg.loadCkptFormat === 'safetensors' && cfg.source.ranks.length > 1) {
-    const fallback = join(dirname(cfg.source.path), 'strategy');
-    if (existsSync(fallback)) return fallback;
-  }
-  return null;
+  return ctx.cfg.source?.kind === 'rank-dir' ? (ctx.cfg.srcStrategy?.path ?? null) : null;
 }
 
 /** `output/transformed_checkpoint/<name>/rank_R/checkpoint_R.<ckpt|safetensors>`: the job's format. */
@@ -423,11 +414,15 @@ async function checkStep(ctx: Ctx, coord: Coordinator, dst: string | null, memor
     const got = await coord.waitAll<CheckResult>('checked', { ranks: [coord.leader], what: 'the check of the weights' });
     return got.get(coord.leader) as CheckResult;
   }
+  // the leader plans once (every source header read here, the strategies merged here) and writes
+  // each plan to a plan file the converter ranks load
   const srcStrategy = srcStrategyOf(ctx);
   const names: NameCheck[] = [];
-  for (const s of await launchSources(cfg)) {
+  const sources = await launchSources(cfg);
+  for (const [i, s] of sources.entries()) {
     const loaded = await loadPlan({
-      srcCheckpoint: s.path, srcStrategy, dstStrategy: dst, memory, worldSize: cfg.useParallel ? id.worldSize : 1, srcFormat: cfg.loadCkptFormat,
+      srcCheckpoint: s.resolved, srcStrategy, dstStrategy: dst, memory, worldSize: cfg.useParallel ? id.worldSize : 1, srcFormat: cfg.loadCkptFormat,
+      io: ctx.io,
       ...(ctx.shared || !cfg.useParallel ? {} : { ranks: ctx.group }),
     });
     for (const n of loaded.notices) ctx.log(n);
@@ -441,12 +436,15 @@ async function checkStep(ctx: Ctx, coord: Coordinator, dst: string | null, memor
       peakMemory: plan.peakMemory,
       ranks: plan.ranks.map((r) => ({ rank: r.rank, bytesWritten: r.bytesWritten, peakMemory: r.peakMemory, sourceRanks: r.sourceRanks })),
       dropped: plan.dropped,
+      plan: { file: join(coord.dir, 'plans', `${i}-${s.name}.plan.json`), fingerprint: plan.fingerprint },
     });
+    await writePlanFile(plan, (names[names.length - 1] as NameCheck).plan?.file as string);
   }
   // with several sources, reuse only when all match (the derived YAML names one folder)
   if (names.length > 1 && names.some((n) => !n.reuse)) for (const n of names) n.reuse = false;
   const result: CheckResult = { names, dstStrategy: dst };
-  await coord.publish('checked', result);
+  // every rank reads what is published: only what the others need (no per-rank table)
+  await coord.publish('checked', { names: names.map(({ ranks: _r, dropped: _d, ...rest }) => ({ ...rest, ranks: [], dropped: [] })), dstStrategy: dst });
   return result;
 }
 
@@ -473,69 +471,33 @@ function describePlan(ctx: Ctx, check: CheckResult, converters: readonly Convert
   return lines;
 }
 
-async function convertSlices(
-  ctx: Ctx,
-  name: NameCheck,
-  slices: readonly number[],
-  dst: string | null,
-  memory: number,
-  hb: HeartbeatHandle,
-  counter: { files: number; dieAfter?: number; throwAfter?: number },
-): Promise<void> {
-  const { cfg, id } = ctx;
-  const srcStrategy = srcStrategyOf(ctx);
-  const loaded = await loadPlan({
-    srcCheckpoint: name.source, srcStrategy, dstStrategy: dst, memory, ranks: slices, worldSize: cfg.useParallel ? id.worldSize : 1,
-    srcFormat: cfg.loadCkptFormat,
-  });
-  const plan = loaded.plan;
-  const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
-  const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
-  // consecutive destination ranks of the same stage listing the same tensors are converted
-  // together (each source span read once per group, as `msckpt transform` does); the band
-  // budget is split across the group
-  const groupSize = transformGroupSize(memory);
-  const buffers = new TransformBuffers(transformGroupBufferSizes(memory, groupSize));
-  const format = cfg.loadCkptFormat;
-  const total = plan.ranks.reduce((s, r) => s + r.bytesWritten, 0);
+/**
+ * A converter rank's share of one source: the plan the leader wrote (loaded from its file,
+ * checked against the published fingerprint; no source header is read, no strategy merged), its
+ * destination slices written by the one rank writer. Returns the files written.
+ */
+async function convertSlices(ctx: Ctx, name: NameCheck, slices: readonly number[], memory: number, hb: HeartbeatHandle, faults: RankWriterFaults | undefined): Promise<number> {
+  const { cfg } = ctx;
+  if (name.plan === null) throw new FailureError(`no plan was written for ${name.name}`);
+  const plan = await readPlanFile(name.plan.file, name.plan.fingerprint);
+  const total = slices.reduce((s, r) => s + (name.ranks.find((x) => x.rank === r)?.bytesWritten ?? 0), 0);
   let done = 0;
-  try {
-    for (const group of rankPlanGroups(plan, plan.ranks.map((r) => r.rank), format, groupSize)) {
-      const first = group[0] as RankPlan;
-      const last = group[group.length - 1] as RankPlan;
-      const label = group.length === 1 ? `${name.name}/rank_${first.rank}` : `${name.name}/rank_${first.rank}..${last.rank}`;
+  let label = name.name;
+  const r = await writeRanks({
+    plan, ranks: slices, format: cfg.loadCkptFormat, memory, io: ctx.io,
+    // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
+    outputPath: (rank) => transformedFile(cfg, name.name, rank),
+    onGroup: (ranks) => {
+      label = ranks.length === 1 ? `${name.name}/rank_${ranks[0]}` : `${name.name}/rank_${ranks[0]}..${ranks[ranks.length - 1]}`;
       hb.update({ done, total, label });
-      const sinks: TensorSink[] = [];
-      let closed = 0;
-      try {
-        for (const rp of group) {
-          // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
-          sinks.push(await createOutputSink(transformedFile(cfg, name.name, rp.rank), format, rp.tensors.map(sinkTensorOf)));
-        }
-        const onBytes = (n: number): void => {
-          done += n;
-          hb.update({ done, total, label });
-        };
-        await executeRankPlanGroup(group, pool, sinks, buffers, onBytes);
-        // the test hooks count finished files: checked after each file of the group is closed
-        for (const sink of sinks) {
-          await sink.close();
-          closed++;
-          counter.files++;
-          if (counter.dieAfter !== undefined && counter.files >= counter.dieAfter) process.kill(process.pid, 'SIGKILL');
-          if (counter.throwAfter !== undefined && counter.files >= counter.throwAfter) {
-            throw new FailureError(`injected failure after ${counter.files} file(s) (MSCKPT_TEST_THROW_AFTER_FILES)`);
-          }
-        }
-      } catch (err) {
-        // files already closed are complete; the rest of the group is dropped (temp files removed)
-        for (const sink of sinks.slice(closed)) await sink.abort().catch(() => undefined);
-        throw err;
-      }
-    }
-  } finally {
-    await pool.close();
-  }
+    },
+    onBytes: (n) => {
+      done += n;
+      hb.update({ done, total, label });
+    },
+    ...(faults !== undefined ? { faults } : {}),
+  });
+  return r.files.length;
 }
 
 /** `msckpt.safetensors_slicing` of the YAML (validated by the schema), default `convert`. */
@@ -554,7 +516,7 @@ export function safetensorsSlicingOf(cfg: RunConfig): SafetensorsSlicing {
 async function loadTimeYaml(cfg: RunConfig, rank: number, log: (line: string) => void): Promise<{ path: string; overrides: Record<string, unknown> }> {
   const sources = await launchSources(cfg);
   const src = sources[0] as { name: string; path: string };
-  const opened = await openWeightsFile(src.path);
+  const opened = await openWeights(src.path);
   const tensors = opened.entries().length;
   await opened.close();
   const loadPath = cfg.source?.kind === 'file' ? src.path : (cfg.source?.path ?? src.path);
@@ -661,7 +623,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     ? Array.from({ length: id.worldSize }, (_v, i) => i)
     : Array.from({ length: id.localWorkerNum }, (_v, i) => id.nodeRank * id.localWorkerNum + i).filter((r) => r < id.worldSize);
   const leader = group[0] as number;
-  const ctx: Ctx = { cfg, id, env, cwd, log, command: opts.command, group, shared };
+  const ctx: Ctx = { cfg, id, env, cwd, log, command: opts.command, group, shared, io: opts.sourceIO ?? defaultSourceIO };
   if (!shared && cfg.useParallel && cfg.parallelConfig.pipelineStage > 1 && dstOverride === undefined) {
     throw new InputError(
       'without a shared disk a node sees only its own ranks\' strategy files, which do not describe every pipeline stage; ' +
@@ -781,19 +743,19 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       const mine = converters.find((c) => c.rank === id.rank);
       if (mine !== undefined) {
         const hb = coord.startHeartbeat('convert');
-        const counter: { files: number; dieAfter?: number; throwAfter?: number } = { files: 0 };
-        const die = testHook(env, 'MSCKPT_TEST_DIE_AFTER_FILES', id.rank);
-        const thr = testHook(env, 'MSCKPT_TEST_THROW_AFTER_FILES', id.rank);
-        if (die !== undefined) counter.dieAfter = die;
-        if (thr !== undefined) counter.throwAfter = thr;
+        let files = 0;
+        const fault = opts.faults !== undefined && opts.faults.rank === id.rank ? opts.faults : undefined;
         const started = Date.now();
         try {
-          for (const n of todo) await convertSlices(ctx, n, mine.slices, check.dstStrategy, memory, hb, counter);
+          for (const n of todo) {
+            const faults = fault === undefined ? undefined : { action: fault.action, afterFiles: fault.afterFiles - files };
+            files += await convertSlices(ctx, n, mine.slices, memory, hb, faults);
+          }
         } finally {
           await hb.stop();
         }
-        log(`converted slices ${mine.slices[0]}..${mine.slices[mine.slices.length - 1]} (${counter.files} file(s)) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-        await coord.publish('converted', { slices: mine.slices, files: counter.files });
+        log(`converted slices ${mine.slices[0]}..${mine.slices[mine.slices.length - 1]} (${files} file(s)) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        await coord.publish('converted', { slices: mine.slices, files });
       } else {
         log(`waiting for converter rank(s) ${convRanks.join(', ')}`);
       }

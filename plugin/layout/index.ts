@@ -2,7 +2,6 @@
  * Layout math: strategy model -> the box of the full tensor each rank holds. Pure, no I/O.
  */
 export {
-  type DeviceLayout,
   type SliceShapeSource,
   MAX_STAGE_DEVICES,
   deviceCoordinate,
@@ -26,6 +25,5 @@ export {
   fullShapeFromSlice,
   distinctSlices,
   completeLayout,
-  UNSPLIT,
   checkShapes,
 } from './layout.js';

@@ -20,9 +20,6 @@ import { InputError } from '../errors.js';
 import type { Box } from '../formats/types.js';
 import type { ParamLayout, Strategy, TensorMapEntry } from '../formats/strategy/model.js';
 
-/** The layout of one parameter on one stage's devices (the strategy model's ParamLayout). */
-export type DeviceLayout = ParamLayout;
-
 /** Upper bound on a stage's device count (a bound on loops sized by untrusted dev matrices). */
 export const MAX_STAGE_DEVICES = 1 << 24;
 
@@ -467,8 +464,6 @@ export function completeLayout(ndim: number, name = ''): ParamLayout {
   };
 }
 
-/** Same as `completeLayout`: the unsplit layout of a tensor of rank `ndim`. */
-export const UNSPLIT: (ndim: number, name?: string) => ParamLayout = completeLayout;
 
 // ------------------------------------------------------------------------------------------------
 // Shape checks

@@ -1,30 +1,33 @@
 /**
  * `mergeLora`: W' = W + scaling * (B @ A) for every LoRA pair, LoRA tensors and their optimizer
- * states dropped, everything else kept in order. Complete or distributed input; complete output
+ * states dropped, everything else kept in order. Any source the engine reads (`.ckpt` or
+ * safetensors, one complete file or a rank_N tree with its strategy); a complete output
  * (`DST/rank_0/{prefix}0.ckpt`) or one slice per destination rank (`DST/rank_R/{prefix}R.ckpt`).
  *
- * Per destination tensor the destination box is assembled from the source slices that overlap it
- * (positioned reads), in row chunks of bounded size. For a merged weight the chunk's rows of B and
- * the box's columns of A are read the same way, so a destination slice of W gets exactly its
- * rows/columns of B @ A: the whole model, or even a whole tensor, is never in memory.
+ * On the engine: one plan moves every kept tensor to the destination (LoRA tensors excluded); a
+ * band hook adds the product to each assembled band of a merged weight before it is written:
+ * for the band's box [r0, r0+R) x [c0, c0+C) of W, rows r0.. of B and columns c0.. of A. A and B
+ * are read as complete tensors through a second plan (to one complete file) and the same
+ * executor, one pair at a time. The whole model, or a whole W, is never in memory.
  */
 import { stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 import { InputError } from '../errors.js';
-import { volume } from '../formats/box.js';
-import { createCheckpointSink } from '../formats/ckpt/index.js';
 import { elementSize, isFloat, toFloat32, type DType, type FloatDType } from '../formats/dtype.js';
-import type { Box, SinkTensor, TensorSink } from '../formats/types.js';
-import type { Progress } from '../cli/progress.js';
+import { resolveWeights } from '../formats/resolve.js';
+import type { SinkTensor, TensorSink } from '../formats/types.js';
+import type { ProgressFactory } from '../progress.js';
+import { bufferSizes, buildPlan, loadPlan, openPlanSource, planRank, planSourceFiles, type Plan, type PlannedTensor, type RankPlan } from '../plan/index.js';
+import { createTransformSourcePool, executeRankPlan, TransformBuffers, type Band, type TransformSourcePool } from '../transform/execute.js';
+import { writeRanks } from '../transform/rank-writer.js';
 import { KernelPool, kernelDTypeCode } from './kernel.js';
 import { planLoraNames, type LoraPair } from './names.js';
-import { openDestination, openSourceView, type DestinationPlan } from './placement.js';
 import type { LoraScaling } from './scaling.js';
-import type { ModelView, ViewTensor } from './view.js';
+import { loadStrategy } from '../formats/strategy/load.js';
 
 export interface LoraMergeOptions {
-  /** A complete `.ckpt`, or a folder of `rank_N/` slice folders. */
+  /** A complete weights file (.ckpt or safetensors), or a folder of `rank_N/` slice folders. */
   src: string;
   /** Output folder; files go to `rank_R/{prefix}R.ckpt`. */
   dstDir: string;
@@ -42,12 +45,12 @@ export interface LoraMergeOptions {
   overwrite?: boolean;
   /** Append the CRC trailer to outputs. */
   crc?: boolean;
-  /** Largest W chunk held at once, in bytes (default 64 MiB; at least 1 KiB). */
+  /** Largest band of W assembled at once, in bytes (default 8 MiB; at least 1 KiB). */
   chunkBytes?: number;
   /** Smallest product (multiply-adds) worth handing a share to a worker thread (default 2^22). */
   kernelMinWork?: number;
   /** Called once the output size is known; returns the progress reporter to use. */
-  progress?: (totalBytes: number) => Progress;
+  progress?: ProgressFactory;
 }
 
 export interface LoraMergedWeight {
@@ -74,29 +77,39 @@ export interface LoraMergeResult {
   readonly bytesWritten: number;
   /** Seconds spent in the product kernel (including dtype decode/encode of W). */
   readonly productSeconds: number;
-  /** Seconds spent reading sources and writing outputs. */
+  /** Seconds spent reading sources and writing outputs (the rest of the wall time). */
   readonly ioSeconds: number;
   readonly threads: number;
 }
 
-const DEFAULT_CHUNK = 64 * 1024 * 1024;
+/** What validation needs to know of a tensor: its dtype and full shape. */
+export interface LoraTensorInfo {
+  readonly name: string;
+  readonly dtype: DType;
+  readonly fullShape: readonly number[];
+}
 
-interface Validated {
-  pairs: Map<string, { pair: LoraPair; rank: number; w: ViewTensor; a: ViewTensor; b: ViewTensor }>;
-  dropped: Set<string>;
+export interface ValidatedLora {
+  readonly pairs: Map<string, { pair: LoraPair; rank: number; w: LoraTensorInfo; a: LoraTensorInfo; b: LoraTensorInfo }>;
+  readonly dropped: ReadonlySet<string>;
 }
 
 /** Check every pair: names, presence, ranks, dtypes, shapes. One InputError lists every problem. */
-export function validateLoraModel(view: ModelView, srcLabel: string, expectedRank?: number): Validated {
-  const plan = planLoraNames(view.order);
+export function validateLoraModel(
+  names: readonly string[],
+  tensor: (name: string) => LoraTensorInfo | undefined,
+  srcLabel: string,
+  expectedRank?: number,
+): ValidatedLora {
+  const plan = planLoraNames(names);
   const problems = [...plan.problems];
-  const pairs: Validated['pairs'] = new Map();
+  const pairs: ValidatedLora['pairs'] = new Map();
   for (const pair of plan.pairs) {
-    const w = view.tensor(pair.baseName) as ViewTensor;
-    const a = view.tensor(pair.aName) as ViewTensor;
-    const b = view.tensor(pair.bName) as ViewTensor;
+    const w = tensor(pair.baseName) as LoraTensorInfo;
+    const a = tensor(pair.aName) as LoraTensorInfo;
+    const b = tensor(pair.bName) as LoraTensorInfo;
     const bad: string[] = [];
-    const show = (t: ViewTensor): string => `${t.name} [${t.fullShape}] ${t.dtype}`;
+    const show = (t: LoraTensorInfo): string => `${t.name} [${t.fullShape}] ${t.dtype}`;
     for (const t of [w, a, b]) {
       if (t.fullShape.length !== 2) bad.push(`${show(t)} is not a matrix`);
       if (!isFloat(t.dtype) || kernelDTypeCode(t.dtype) === undefined) bad.push(`${show(t)} is not a Float16/BFloat16/Float32/Float64 tensor`);
@@ -109,9 +122,7 @@ export function validateLoraModel(view: ModelView, srcLabel: string, expectedRan
       if (bout !== out) bad.push(`B ${show(b)} has ${bout} rows but W ${show(w)} has ${out} (expected B [out, r])`);
       if (ain !== inn) bad.push(`A ${show(a)} has ${ain} columns but W ${show(w)} has ${inn} (expected A [r, in])`);
       if (ar === 0) bad.push(`A ${show(a)} has rank 0`);
-      if (expectedRank !== undefined && ar !== expectedRank) {
-        bad.push(`LoRA rank is ${ar} but the scaling was given for rank ${expectedRank}`);
-      }
+      if (expectedRank !== undefined && ar !== expectedRank) bad.push(`LoRA rank is ${ar} but the scaling was given for rank ${expectedRank}`);
     }
     if (bad.length > 0) {
       problems.push(...bad.map((m) => `pair '${pair.aName}': ${m}`));
@@ -119,62 +130,22 @@ export function validateLoraModel(view: ModelView, srcLabel: string, expectedRan
     }
     pairs.set(pair.baseName, { pair, rank: a.fullShape[0] as number, w, a, b });
   }
-  if (problems.length > 0) {
-    throw new InputError(`${problems.length} LoRA problem(s) in ${srcLabel}:\n  ${problems.join('\n  ')}`);
-  }
+  if (problems.length > 0) throw new InputError(`${problems.length} LoRA problem(s) in ${srcLabel}:\n  ${problems.join('\n  ')}`);
   if (pairs.size === 0) {
-    throw new InputError(
-      `no LoRA pairs found in ${srcLabel} (expected X.mindpet_delta_lora_a/b or X.lora_A/B.weight tensors)`,
-    );
+    throw new InputError(`no LoRA pairs found in ${srcLabel} (expected X.mindpet_delta_lora_a/b or X.lora_A/B.weight tensors)`);
   }
-  return { pairs, dropped: new Set(plan.dropped) };
+  return { pairs, dropped: plan.dropped };
 }
 
-/** Split a box into C-contiguous sub-boxes of at most `limit` bytes (at least one row of the last dim). */
-export function* boxChunks(box: Box, es: number, limit: number): Generator<Box> {
-  const rank = box.shape.length;
-  if (rank === 0 || volume(box.shape) * es <= limit) {
-    yield box;
-    return;
+/** Dtype and full shape of every tensor of a plan's model. */
+function tensorInfos(plan: Plan): Map<string, LoraTensorInfo> {
+  const out = new Map<string, LoraTensorInfo>();
+  for (const p of plan.model.params) out.set(p.name, { name: p.name, dtype: p.dtype, fullShape: p.full });
+  for (const e of plan.model.extras) {
+    const v = e.variants[0];
+    if (v !== undefined) out.set(e.name, { name: e.name, dtype: v.entry.dtype, fullShape: v.entry.shape });
   }
-  const inner = volume(box.shape.slice(1)) * es;
-  const d0 = box.shape[0] as number;
-  const s0 = box.start[0] as number;
-  if (inner <= limit || rank === 1) {
-    const rows = rank === 1 ? Math.max(1, Math.floor(limit / es)) : Math.max(1, Math.floor(limit / inner));
-    for (let r = 0; r < d0; r += rows) {
-      const n = Math.min(rows, d0 - r);
-      yield { start: [s0 + r, ...box.start.slice(1)], shape: [n, ...box.shape.slice(1)] };
-    }
-    return;
-  }
-  for (let r = 0; r < d0; r++) {
-    const sub: Box = { start: box.start.slice(1), shape: box.shape.slice(1) };
-    for (const c of boxChunks(sub, es, limit)) yield { start: [s0 + r, ...c.start], shape: [1, ...c.shape] };
-  }
-}
-
-class Buffers {
-  private w: Uint8Array[] = [new Uint8Array(0), new Uint8Array(0)];
-  a: Float32Array = new Float32Array(0);
-  private b: Float32Array[] = [new Float32Array(0), new Float32Array(0)];
-  constructor(readonly shared: boolean) {}
-  private alloc(bytes: number): ArrayBufferLike {
-    return this.shared ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes);
-  }
-  /** W bytes in one of two slots (one being computed while the next is read). */
-  wBytes(n: number, slot = 0): Uint8Array {
-    if ((this.w[slot] as Uint8Array).byteLength < n) this.w[slot] = new Uint8Array(this.alloc(Math.max(n, 8)));
-    return (this.w[slot] as Uint8Array).subarray(0, n);
-  }
-  aFloats(n: number): Float32Array {
-    if (this.a.length < n) this.a = new Float32Array(this.alloc(Math.max(n, 2) * 4));
-    return this.a.subarray(0, n);
-  }
-  bFloats(n: number, slot = 0): Float32Array {
-    if ((this.b[slot] as Float32Array).length < n) this.b[slot] = new Float32Array(this.alloc(Math.max(n, 2) * 4));
-    return (this.b[slot] as Float32Array).subarray(0, n);
-  }
+  return out;
 }
 
 function scalingValue(s: number | LoraScaling): number {
@@ -192,171 +163,182 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** A sink that keeps the tensors written to it in memory (small tensors: LoRA A and B). */
+class MemorySink implements TensorSink {
+  readonly path = '<memory>';
+  readonly tensors = new Map<string, Uint8Array>();
+  private current: { name: string; buf: Uint8Array; at: number } | null = null;
+  async beginTensor(t: SinkTensor): Promise<void> {
+    this.current = { name: t.name, buf: new Uint8Array(t.byteLength), at: 0 };
+  }
+  async write(piece: Uint8Array): Promise<void> {
+    const c = this.current as { name: string; buf: Uint8Array; at: number };
+    c.buf.set(piece, c.at);
+    c.at += piece.byteLength;
+  }
+  async endTensor(): Promise<void> {
+    const c = this.current as { name: string; buf: Uint8Array; at: number };
+    this.tensors.set(c.name, c.buf);
+    this.current = null;
+  }
+  async close(): Promise<void> {}
+  async abort(): Promise<void> {}
+}
+
+/** float32 values in a (Shared)ArrayBuffer. */
+function floats(n: number, shared: boolean): Float32Array {
+  return new Float32Array(shared ? new SharedArrayBuffer(Math.max(n, 1) * 4) : new ArrayBuffer(Math.max(n, 1) * 4));
+}
+
+/**
+ * The product hook: per band of a merged weight, scale * B[rows] @ A[:, cols] added in place.
+ * A and B of the current pair are read complete (through the LoRA plan) and kept as float32.
+ */
+class LoraProduct {
+  productMs = 0;
+  private current: { base: string; r: number; inn: number; a: Float32Array; b: Float32Array; blocks: Map<string, Float32Array> } | null = null;
+  private loading: Promise<void> = Promise.resolve();
+  private readonly buffers = new TransformBuffers(bufferSizes(64 * 1024 * 1024));
+
+  constructor(
+    private readonly pairs: ValidatedLora['pairs'],
+    private readonly lora: { plan: Plan; rp: RankPlan; byName: Map<string, PlannedTensor> },
+    private readonly pool: TransformSourcePool,
+    private readonly kernels: KernelPool,
+    private readonly scale: number,
+    private readonly shared: boolean,
+    private readonly minWork: number | undefined,
+  ) {}
+
+  private async load(base: string): Promise<NonNullable<LoraProduct['current']>> {
+    if (this.current?.base === base) return this.current;
+    const p = this.pairs.get(base);
+    if (p === undefined) throw new InputError('no LoRA pair', { tensor: base });
+    const ta = this.lora.byName.get(p.pair.aName) as PlannedTensor;
+    const tb = this.lora.byName.get(p.pair.bName) as PlannedTensor;
+    const sink = new MemorySink();
+    await executeRankPlan({ ...this.lora.rp, tensors: [ta, tb] }, this.pool, sink, this.buffers);
+    const toF32 = (t: PlannedTensor): Float32Array => {
+      const raw = sink.tensors.get(t.name) as Uint8Array;
+      const out = floats(raw.byteLength / elementSize(t.dtype), this.shared);
+      out.set(toFloat32(raw, t.dtype as FloatDType));
+      return out;
+    };
+    this.current = { base, r: p.rank, inn: p.w.fullShape[1] as number, a: toF32(ta), b: toF32(tb), blocks: new Map() };
+    return this.current;
+  }
+
+  /** Columns [c0, c0 + n) of A [r, in], as a contiguous [r, n] block (memoised per pair). */
+  private columns(cur: NonNullable<LoraProduct['current']>, c0: number, n: number): Float32Array {
+    if (c0 === 0 && n === cur.inn) return cur.a;
+    const key = `${c0}:${n}`;
+    let blk = cur.blocks.get(key);
+    if (blk === undefined) {
+      blk = floats(cur.r * n, this.shared);
+      for (let k = 0; k < cur.r; k++) blk.set(cur.a.subarray(k * cur.inn + c0, k * cur.inn + c0 + n), k * n);
+      cur.blocks.set(key, blk);
+    }
+    return blk;
+  }
+
+  readonly onBand = async (band: Band): Promise<void> => {
+    if (!this.pairs.has(band.tensor)) return;
+    // one pair loaded at a time: bands of one tensor (and of the ranks of a group) share it
+    const loaded = this.loading.then(() => this.load(band.tensor));
+    this.loading = loaded.then(() => undefined, () => undefined);
+    const cur = await loaded;
+    const t0 = performance.now();
+    const [r0, c0] = band.box.start as [number, number];
+    const [rows, cols] = band.box.shape as [number, number];
+    const b = cur.b.subarray(r0 * cur.r, (r0 + rows) * cur.r);
+    const a = this.columns(cur, c0, cols);
+    await this.kernels.run({
+      w: band.bytes.buffer, wOffset: band.bytes.byteOffset, dtype: kernelDTypeCode(band.dtype) as number,
+      rowBegin: 0, rowEnd: rows, cols,
+      b: b.buffer, bOffset: b.byteOffset, a: a.buffer, aOffset: a.byteOffset,
+      r: cur.r, scale: this.scale,
+    }, this.minWork);
+    this.productMs += performance.now() - t0;
+  };
+}
+
 /** Merge LoRA weights (see the file comment). */
 export async function mergeLora(opts: LoraMergeOptions): Promise<LoraMergeResult> {
+  const started = performance.now();
   const scale = scalingValue(opts.scaling);
   const prefix = opts.prefix ?? 'checkpoint_';
   if (prefix.includes('/') || prefix.includes('\\')) throw new InputError(`--prefix must be a file name prefix, got '${prefix}'`, { key: 'prefix' });
-  const chunkLimit = Math.max(1024, Math.min(opts.chunkBytes ?? DEFAULT_CHUNK, 1 << 30));
+  const band = Math.max(1024, Math.min(opts.chunkBytes ?? bufferSizes().band, 1 << 30));
   const threads = Math.max(1, Math.floor(opts.threads ?? Math.min(2, availableParallelism())));
-  const view = await openSourceView(opts.src, opts.srcStrategy);
-  const pool = new KernelPool(threads);
-  let sink: TensorSink | null = null;
-  let productMs = 0;
-  let ioMs = 0;
-  const files: string[] = [];
-  const tensorsPerFile: number[] = [];
+
+  // the source, through the one resolver; one rank folder is a complete source
+  const resolved = await resolveWeights(opts.src);
+  const sliced = resolved.kind === 'ranks' && resolved.ranks.length > 1;
+  if (sliced && opts.srcStrategy === undefined) {
+    throw new InputError(`the source is sliced over ${resolved.kind === 'ranks' ? resolved.ranks.length : 1} ranks; --src-ckpt-strategy is required`, { file: opts.src });
+  }
+  // every tensor, complete: names, dtypes and full shapes for the checks (the headers read once here)
+  const whole = await loadPlan({ srcCheckpoint: resolved, srcStrategy: sliced ? (opts.srcStrategy as string) : null });
+  const srcStrategy = whole.srcStrategy?.strategy ?? null;
+  const dstStrategy = opts.dstStrategy !== undefined ? (await loadStrategy(opts.dstStrategy)).strategy : null;
+  const sources = planSourceFiles(whole.plan);
+  const infos = tensorInfos(whole.plan);
+  const sc = typeof opts.scaling === 'number' ? undefined : opts.scaling;
+  const expectedRank = sc !== undefined && sc.rank !== undefined && sc.hasPatterns !== true ? sc.rank : undefined;
+  const { pairs, dropped } = validateLoraModel(whole.plan.model.order, (n) => infos.get(n), opts.src, expectedRank);
+
+  // the output plan (LoRA tensors and their optimizer states left out) and the LoRA plan (A and B complete)
+  const plan = buildPlan({ srcStrategy, dstStrategy, sources, memory: 4 * band, exclude: (n) => dropped.has(n) });
+  const ab = new Set([...pairs.values()].flatMap((p) => [p.pair.aName, p.pair.bName]));
+  const loraPlan = buildPlan({ srcStrategy, dstStrategy: null, sources, exclude: (n) => !ab.has(n) });
+  const loraRank = planRank(loraPlan, 0);
+
+  // outputs: never over a source file; never over an existing file unless asked
+  const ranks = plan.ranks.map((r) => r.rank);
+  const outputs = ranks.map((r) => resolve(join(opts.dstDir, `rank_${r}`, `${prefix}${r}.ckpt`)));
+  const srcPaths = new Set(sources.flatMap((s) => (s.files ?? []).flatMap((f) => [resolve(f.path), f.realPath])));
+  for (const out of outputs) {
+    if (srcPaths.has(out)) throw new InputError('output would replace a source checkpoint; choose another --dst-ckpt-dir', { file: out });
+    if (!opts.overwrite && (await exists(out))) throw new InputError('output exists (pass --overwrite to replace it)', { file: out });
+  }
+
+  const loraPool = createTransformSourcePool((rank) => openPlanSource(loraPlan.source.files[rank] as Plan['source']['files'][number]), 8);
+  const kernels = new KernelPool(threads);
+  const product = new LoraProduct(
+    pairs, { plan: loraPlan, rp: loraRank, byName: new Map(loraRank.tensors.map((t) => [t.name, t])) }, loraPool, kernels, scale, threads > 1, opts.kernelMinWork,
+  );
+  const progress = opts.progress?.(plan.bytesWritten);
   let bytesWritten = 0;
+  let written;
   try {
-    const sc = typeof opts.scaling === 'number' ? undefined : opts.scaling;
-    const expectedRank = sc !== undefined && sc.rank !== undefined && sc.hasPatterns !== true ? sc.rank : undefined;
-    const { pairs, dropped } = validateLoraModel(view, opts.src, expectedRank);
-    const dest: DestinationPlan = await openDestination(opts.dstStrategy);
-    const names = view.order.filter((n) => !dropped.has(n));
-
-    // Output paths: never over a source file; never over an existing file unless asked.
-    const outputs = dest.ranks.map((r) => resolve(join(opts.dstDir, `rank_${r}`, `${prefix}${r}.ckpt`)));
-    const srcPaths = new Set(view.sources.map((s) => resolve(s.source.path)));
-    for (const out of outputs) {
-      if (srcPaths.has(out)) throw new InputError('output would replace a source checkpoint; choose another --dst-ckpt-dir', { file: out });
-      if (!opts.overwrite && (await exists(out))) throw new InputError('output exists (pass --overwrite to replace it)', { file: out });
-    }
-
-    const bufs = new Buffers(threads > 1);
-    let total = 0;
-    const plans = dest.ranks.map((rank) => {
-      const list: Array<{ name: string; box: Box; t: ViewTensor }> = [];
-      for (const name of names) {
-        const t = view.tensor(name) as ViewTensor;
-        const box = dest.boxOf(name, t.fullShape, rank);
-        if (box === null) continue;
-        list.push({ name, box, t });
-        const es = t.dtype === 'str' || t.dtype === 'Int4' ? 0 : elementSize(t.dtype);
-        total += es === 0 ? t.pieces[0]?.entry.byteLength ?? 0 : volume(box.shape) * es;
-      }
-      return list;
+    written = await writeRanks({
+      plan, ranks, format: 'ckpt', memory: plan.memory, bandBytes: band, sharedBuffers: threads > 1, crc: opts.crc === true,
+      outputPath: (r) => outputs[ranks.indexOf(r)] as string,
+      onBytes: (n) => {
+        bytesWritten += n;
+        progress?.advance(n);
+      },
+      onBand: async (b) => {
+        progress?.label(b.tensor);
+        await product.onBand(b);
+      },
     });
-    const progress = opts.progress?.(total);
-
-    for (let di = 0; di < dest.ranks.length; di++) {
-      const out = outputs[di] as string;
-      const list = plans[di] as Array<{ name: string; box: Box; t: ViewTensor }>;
-      const s = await createCheckpointSink(out, { crc: opts.crc === true });
-      sink = s;
-      let t0 = performance.now();
-      for (const { name, box, t } of list) {
-        progress?.label(name);
-        const src0 = t.pieces[0];
-        const isFull = box.shape.every((d, i) => d === t.fullShape[i]);
-        const hints = src0 !== undefined && src0.entry.ckpt !== undefined && src0.box.shape.every((d, i) => d === box.shape[i])
-          ? { ckpt: src0.entry.ckpt }
-          : {};
-        if (t.dtype === 'str' || t.dtype === 'Int4') {
-          if (!isFull || src0 === undefined) throw new InputError(`cannot slice ${t.dtype} tensor '${name}'`);
-          const desc: SinkTensor = { name, dtype: t.dtype, shape: t.fullShape, byteLength: src0.entry.byteLength, ...hints };
-          await s.beginTensor(desc);
-          const piece = bufs.wBytes(Math.min(chunkLimit, Math.max(1, src0.entry.byteLength)));
-          for (let off = 0; off < src0.entry.byteLength; off += piece.byteLength) {
-            const n = Math.min(piece.byteLength, src0.entry.byteLength - off);
-            await src0.source.readBytes(name, off, n, piece, 0);
-            await s.write(piece.subarray(0, n));
-            bytesWritten += n;
-            progress?.advance(n);
-          }
-          await s.endTensor();
-          continue;
-        }
-        const es = elementSize(t.dtype);
-        const desc: SinkTensor = { name, dtype: t.dtype, shape: [...box.shape], byteLength: volume(box.shape) * es, ...hints };
-        await s.beginTensor(desc);
-        const lora = pairs.get(name);
-        if (lora === undefined) {
-          for (const c of boxChunks(box, es, chunkLimit)) {
-            const n = volume(c.shape) * es;
-            const buf = bufs.wBytes(n);
-            await view.readRegion(name, c, buf);
-            await s.write(buf);
-            bytesWritten += n;
-            progress?.advance(n);
-          }
-        } else {
-          // W box [r0, r0+R) x [c0, c0+C): A columns once, B rows and W rows per chunk.
-          const r = lora.rank;
-          const [r0, c0] = box.start as [number, number];
-          const [R, C] = box.shape as [number, number];
-          const aF = bufs.aFloats(r * C);
-          await readAsF32(view, lora.a, { start: [0, c0], shape: [r, C] }, aF);
-          const rowsPer = Math.max(1, Math.floor(chunkLimit / Math.max(1, C * es)));
-          const steps = Math.ceil(R / rowsPer);
-          // read chunk q+1 while chunk q is in the kernel (two buffer slots)
-          const load = async (q: number): Promise<{ k: number; wb: Uint8Array; bF: Float32Array }> => {
-            const i = q * rowsPer;
-            const k = Math.min(rowsPer, R - i);
-            const bF = bufs.bFloats(k * r, q % 2);
-            await readAsF32(view, lora.b, { start: [r0 + i, 0], shape: [k, r] }, bF);
-            const wb = bufs.wBytes(k * C * es, q % 2);
-            await view.readRegion(name, { start: [r0 + i, c0], shape: [k, C] }, wb);
-            return { k, wb, bF };
-          };
-          let next: Promise<{ k: number; wb: Uint8Array; bF: Float32Array }> | null = load(0);
-          try {
-            for (let q = 0; q < steps; q++) {
-              const { k, wb, bF } = await (next as Promise<{ k: number; wb: Uint8Array; bF: Float32Array }>);
-              next = q + 1 < steps ? load(q + 1) : null;
-              const tk = performance.now();
-              ioMs += tk - t0;
-              await pool.run({
-                w: wb.buffer, wOffset: wb.byteOffset, dtype: kernelDTypeCode(t.dtype) as number,
-                rowBegin: 0, rowEnd: k, cols: C,
-                b: bF.buffer, bOffset: bF.byteOffset, a: aF.buffer, aOffset: aF.byteOffset,
-                r, scale,
-              }, opts.kernelMinWork);
-              t0 = performance.now();
-              productMs += t0 - tk;
-              await s.write(wb);
-              bytesWritten += wb.byteLength;
-              progress?.advance(wb.byteLength);
-            }
-          } finally {
-            // never leave a read in flight (or its rejection unhandled) when leaving early
-            if (next !== null) await next.catch(() => undefined);
-          }
-        }
-        await s.endTensor();
-      }
-      await s.close();
-      sink = null;
-      ioMs += performance.now() - t0;
-      files.push(out);
-      tensorsPerFile.push(list.length);
-    }
     progress?.done();
-    const merged: LoraMergedWeight[] = [...pairs.values()].map((p) => ({
-      base: p.pair.baseName, a: p.pair.aName, b: p.pair.bName, scheme: p.pair.scheme, rank: p.rank,
-      shape: p.w.fullShape, dtype: p.w.dtype,
-    }));
-    return {
-      files, scaling: scale, merged, dropped: [...dropped], tensorsPerFile,
-      sourceRanks: view.sources.length, destinationRanks: dest.ranks.length, bytesWritten,
-      productSeconds: productMs / 1000, ioSeconds: ioMs / 1000, threads,
-    };
   } finally {
-    if (sink !== null) await sink.abort().catch(() => undefined);
-    await pool.close();
-    await view.close();
+    await loraPool.close();
+    await kernels.close();
   }
+  const files = written.files.map((f) => f.path);
+  const tensorCount = new Map(plan.ranks.map((r) => [r.rank, r.tensorCount]));
+  const tensorsPerFile = written.files.map((f) => tensorCount.get(f.rank) ?? 0);
+  const merged: LoraMergedWeight[] = [...pairs.values()].map((p) => ({
+    base: p.pair.baseName, a: p.pair.aName, b: p.pair.bName, scheme: p.pair.scheme, rank: p.rank, shape: p.w.fullShape, dtype: p.w.dtype,
+  }));
+  const wall = (performance.now() - started) / 1000;
+  const productSeconds = product.productMs / 1000;
+  return {
+    files, scaling: scale, merged, dropped: [...dropped], tensorsPerFile,
+    sourceRanks: plan.source.files.length, destinationRanks: ranks.length, bytesWritten,
+    productSeconds, ioSeconds: Math.max(0, wall - productSeconds), threads,
+  };
 }
-
-/** Read a box of a floating tensor as float32 into `dst`. */
-async function readAsF32(view: ModelView, t: ViewTensor, box: Box, dst: Float32Array): Promise<void> {
-  const es = elementSize(t.dtype);
-  const n = volume(box.shape);
-  if (t.dtype === 'Float32') {
-    await view.readRegion(t.name, box, new Uint8Array(dst.buffer, dst.byteOffset, n * 4));
-    return;
-  }
-  const raw = new Uint8Array(n * es);
-  await view.readRegion(t.name, box, raw);
-  dst.set(toFloat32(raw, t.dtype as FloatDType));
-}
-

@@ -5,7 +5,8 @@
  * the manual split's total), exactly as MindSpore builds a fake shape.
  */
 import type { ParamLayout, Strategy } from '../formats/strategy/model.js';
-import { buildPlan, type PlanEntry, type PlanSourceFile } from './build.js';
+import { buildPlan } from './build.js';
+import type { PlanEntry, PlanSourceFile } from './types.js';
 import { geomOfLayout, partCount, partsOf, type LayoutGeom } from './geometry.js';
 
 function gcd(a: number, b: number): number {

@@ -1,15 +1,20 @@
 /**
- * Executing one destination rank's plan with bounded buffers: every tensor is assembled in bands
- * along dim 0 (one band when it fits the budget) from the source boxes, read with positioned
- * reads straight into place when the source runs are large, or through a scratch buffer (one
- * read of the covering span, then in-memory copies) when they are many and small. Each band is
- * streamed to the sink.
+ * The one executor: destination ranks of a plan, one rank or a group executed together, with a
+ * bounded buffer budget. Every tensor is assembled in bands along dim 0 (one band when it fits)
+ * from the source boxes; for a group each source span is read once and copied into every rank's
+ * band: large runs are read with positioned reads straight into place, many small runs (and runs
+ * several ranks share) through a scratch buffer (one read of the covering span, then in-memory
+ * copies). An optional hook sees every assembled band of a tensor with an element size before it
+ * is written (the tensor, its dtype, the band's box in full-tensor coordinates, the bytes, which
+ * it may change in place: the LoRA product). The next band is assembled while the previous one
+ * is written.
  */
+import { elementSize, type DType } from '../formats/dtype.js';
 import { forEachRun } from '../formats/box.js';
-import { elementSize } from '../formats/dtype.js';
 import type { Box, SinkTensor, TensorSink, TensorSource } from '../formats/types.js';
 import { FailureError } from '../errors.js';
-import { bufferSizes, planRank, type BufferSizes, type CopyOp, type Plan, type PlannedTensor, type RankPlan } from '../plan/build.js';
+import { bufferSizes, planRank, type BufferSizes, type CopyOp, type Plan, type PlannedTensor, type RankPlan } from '../plan/index.js';
+import type { WeightsFormat } from '../formats/resolve.js';
 
 /** Gives the open source of a global source rank. */
 export interface TransformSourcePool {
@@ -46,29 +51,26 @@ export function createTransformSourcePool(open: (rank: number) => Promise<Tensor
 }
 
 /**
- * Reusable buffers of an executor: two band buffers (one is assembled while the other is being
- * written) and a scratch buffer.
+ * Reusable buffers of an executor: per lane (destination rank of a group) two band buffers (one
+ * is assembled while the other is written), and one scratch buffer. With `shared`, band buffers
+ * live in SharedArrayBuffers (a band hook may hand them to worker threads).
  */
 export class TransformBuffers {
   readonly sizes: BufferSizes;
-  /** Per lane (destination rank of a group; lane 0 for one rank): two band buffers. */
   private readonly bandBufs: (Uint8Array | null)[][] = [[null, null]];
   private scratchBuf: Uint8Array | null = null;
-  constructor(sizes: BufferSizes) {
+  constructor(sizes: BufferSizes, private readonly shared = false) {
     this.sizes = sizes;
   }
-  /** Band buffer `slot` (0 or 1) of at least `bytes` bytes. */
-  band(bytes: number, slot = 0): Uint8Array {
-    return this.laneBand(0, bytes, slot);
-  }
-  /** Band buffer `slot` (0 or 1) of lane `lane` (one lane per destination rank executed together). */
+  /** Band buffer `slot` (0 or 1) of lane `lane`, at least `bytes` long. */
   laneBand(lane: number, bytes: number, slot = 0): Uint8Array {
     while (this.bandBufs.length <= lane) this.bandBufs.push([null, null]);
     const bufs = this.bandBufs[lane] as (Uint8Array | null)[];
     const cur = bufs[slot] ?? null;
     if (cur === null || cur.byteLength < bytes) {
       bufs[slot] = null;
-      const fresh = new Uint8Array(Math.max(bytes, 1));
+      const n = Math.max(bytes, 1);
+      const fresh = this.shared ? new Uint8Array(new SharedArrayBuffer(n)) : new Uint8Array(n);
       bufs[slot] = fresh;
       return fresh.subarray(0, bytes);
     }
@@ -80,21 +82,43 @@ export class TransformBuffers {
   }
 }
 
+/** One assembled band of a destination tensor, as a band hook sees it. */
+export interface Band {
+  /** The destination tensor's name (as written). */
+  readonly tensor: string;
+  readonly dtype: DType;
+  /** The band's box in full-tensor coordinates. */
+  readonly box: Box;
+  /** The band's bytes (C order of the box); the hook may change them in place. */
+  readonly bytes: Uint8Array;
+  /** Which destination rank of the group (0 for one rank). */
+  readonly lane: number;
+}
+
+/** Called for every assembled band of a tensor with an element size, before the band is written. */
+export type BandHook = (band: Band) => void | Promise<void>;
+
+export interface ExecuteOptions {
+  /** Called with the byte count of every piece written. */
+  readonly onBytes?: (n: number) => void;
+  readonly onBand?: BandHook;
+}
+
 /**
  * A rank plan in the order its output is best written: safetensors outputs lay keys out sorted
  * (MindSpore's convention), so writing them in that order streams the file sequentially (and
- * lets the sink compute `crc_num` and the manifest CRC as it goes); `.ckpt` keeps the source order.
+ * lets the sink compute `crc_num` and the file CRC as it goes); `.ckpt` keeps the source order.
  */
-export function rankPlanInWriteOrder(rp: RankPlan, format: 'ckpt' | 'safetensors'): RankPlan {
+export function rankPlanInWriteOrder(rp: RankPlan, format: WeightsFormat): RankPlan {
   if (format !== 'safetensors') return rp;
-  const key = (n: string): Buffer => Buffer.from(n, 'utf8');
-  return { ...rp, tensors: [...rp.tensors].sort((x, y) => Buffer.compare(key(x.name), key(y.name))) };
+  const key = (t: PlannedTensor): Buffer => Buffer.from(t.outputName ?? t.name, 'utf8');
+  return { ...rp, tensors: [...rp.tensors].sort((x, y) => Buffer.compare(key(x), key(y))) };
 }
 
 /** The sink description of a planned tensor. */
 export function sinkTensorOf(t: PlannedTensor): SinkTensor {
   return {
-    name: t.name, dtype: t.dtype, shape: t.shape, byteLength: t.byteLength,
+    name: t.outputName ?? t.name, dtype: t.dtype, shape: t.shape, byteLength: t.byteLength,
     ...(t.ckpt !== undefined ? { ckpt: t.ckpt } : {}),
   };
 }
@@ -142,76 +166,16 @@ function copyTriplets(srcShape: readonly number[], srcBox: Box, dstShape: readon
 }
 
 /**
- * Copy `srcBox` of a source slice (shape `srcShape`) into `dstBox` of a C-order buffer `dst`
- * of shape `dstShape`. Returns bytes read.
- */
-export async function transferBox(
-  source: TensorSource,
-  name: string,
-  es: number,
-  srcShape: readonly number[],
-  srcBox: Box,
-  dst: Uint8Array,
-  dstShape: readonly number[],
-  dstBox: Box,
-  buffers: TransformBuffers,
-): Promise<number> {
-  const trip = copyTriplets(srcShape, srcBox, dstShape, dstBox);
-  const count = trip.length / 3;
-  let total = 0;
-  for (let t = 2; t < trip.length; t += 3) total += trip[t] as number;
-  const totalBytes = total * es;
-  if (count === 0) return 0;
-  const avg = totalBytes / count;
-  if (count <= 4 || avg >= DIRECT_RUN_BYTES) {
-    for (let t = 0; t < trip.length; t += 3) {
-      await source.readBytes(name, (trip[t] as number) * es, (trip[t + 2] as number) * es, dst, (trip[t + 1] as number) * es);
-    }
-    return totalBytes;
-  }
-  const scratch = buffers.scratch();
-  let t = 0;
-  while (t < trip.length) {
-    const first = trip[t] as number;
-    let end = t;
-    let need = 0;
-    // extend the group while the span fits the scratch buffer
-    while (end < trip.length) {
-      const spanEnd = ((trip[end] as number) + (trip[end + 2] as number)) * es;
-      if (spanEnd - first * es > scratch.byteLength && end > t) break;
-      need += (trip[end + 2] as number) * es;
-      end += 3;
-    }
-    const lastEnd = ((trip[end - 3] as number) + (trip[end - 1] as number)) * es;
-    const span = lastEnd - first * es;
-    if (span > scratch.byteLength || need * 8 < span) {
-      // too sparse (or one run larger than the scratch): read each run straight into place
-      for (let u = t; u < end; u += 3) {
-        await source.readBytes(name, (trip[u] as number) * es, (trip[u + 2] as number) * es, dst, (trip[u + 1] as number) * es);
-      }
-    } else {
-      await source.readBytes(name, first * es, span, scratch, 0);
-      for (let u = t; u < end; u += 3) {
-        const from = ((trip[u] as number) - first) * es;
-        const len = (trip[u + 2] as number) * es;
-        dst.set(scratch.subarray(from, from + len), (trip[u + 1] as number) * es);
-      }
-    }
-    t = end;
-  }
-  return totalBytes;
-}
-
-/**
  * The sink's operations in order, off the critical path: the next band is assembled while the
- * previous one is being written. A band buffer is reused only after its write finished.
+ * previous one is processed (band hook) and written. A band buffer is reused only after its
+ * write finished.
  */
 class WritePipeline {
   private tail: Promise<void> = Promise.resolve();
   private readonly busy: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
   private slot = 0;
   private failed: unknown = undefined;
-  constructor(private readonly sink: TensorSink, private readonly buffers: TransformBuffers, private readonly lane = 0) {}
+  constructor(private readonly sink: TensorSink, private readonly buffers: TransformBuffers, private readonly lane: number, private readonly opts: ExecuteOptions) {}
 
   private push(fn: () => Promise<void>): Promise<void> {
     const p = this.tail.then(fn);
@@ -230,11 +194,16 @@ class WritePipeline {
     return this.buffers.laneBand(this.lane, bytes, this.slot);
   }
 
-  /** Queue writing `buf` (taken with `take`) and then report it. */
-  write(buf: Uint8Array, onBytes: (n: number) => void): void {
+  /** Queue the band hook (when `band` is given) and the write of `buf` (taken with `take`), then report it. */
+  write(buf: Uint8Array, band?: { t: PlannedTensor; box: Box }): void {
+    const hook = this.opts.onBand;
+    const onBytes = this.opts.onBytes;
     this.busy[this.slot] = this.push(async () => {
+      if (hook !== undefined && band !== undefined) {
+        await hook({ tensor: band.t.outputName ?? band.t.name, dtype: band.t.dtype, box: band.box, bytes: buf, lane: this.lane });
+      }
       await this.sink.write(buf);
-      onBytes(buf.byteLength);
+      onBytes?.(buf.byteLength);
     });
   }
 
@@ -252,18 +221,22 @@ class WritePipeline {
   }
 }
 
-async function writeVerbatim(t: PlannedTensor, pool: TransformSourcePool, out: WritePipeline, buffers: TransformBuffers, onBytes: (n: number) => void): Promise<number> {
-  const op = t.ops[0];
-  if (op === undefined) throw new FailureError(`no source for verbatim entry`, { tensor: t.name });
-  const source = await pool.get(op.srcRank);
-  const piece = Math.max(1, Math.min(buffers.sizes.band, t.byteLength));
-  for (let off = 0; off < t.byteLength; off += piece) {
-    const n = Math.min(piece, t.byteLength - off);
-    const buf = await out.take(n);
-    await source.readBytes(t.name, off, n, buf, 0);
-    out.write(buf, onBytes);
-  }
-  return t.byteLength;
+/** Rows per band of a tensor with an element size (dim-0 bands of at most the band budget, at least one row). */
+function banding(t: PlannedTensor, band: number): { rows: number; rowBytes: number; rowsPerBand: number; bands: number } {
+  const rows = t.shape.length === 0 ? 1 : (t.shape[0] as number);
+  const rowBytes = rows === 0 ? 0 : t.byteLength / rows;
+  const rowsPerBand = Math.max(1, Math.floor(band / Math.max(rowBytes, 1)));
+  return { rows, rowBytes, rowsPerBand, bands: t.byteLength === 0 ? 0 : Math.ceil(rows / rowsPerBand) };
+}
+
+/** The box of rows [r0, r1) of a destination slice, in full-tensor coordinates. */
+function bandBox(t: PlannedTensor, r0: number, r1: number): Box {
+  if (t.shape.length === 0) return { start: [], shape: [] };
+  return { start: [(t.start[0] as number) + r0, ...t.start.slice(1)], shape: [r1 - r0, ...t.shape.slice(1)] };
+}
+
+function hasElementSize(dtype: DType): boolean {
+  return dtype !== 'str' && dtype !== 'Int4';
 }
 
 /** The part of a copy that lands in destination rows [r0, r1), in band coordinates; null when none. */
@@ -281,83 +254,6 @@ function clipToBand(op: CopyOp, rank: number, r0: number, r1: number): { srcBox:
     },
     dstBox: { start: [lo - r0, ...op.dstBox.start.slice(1)], shape: [hi - lo, ...op.dstBox.shape.slice(1)] },
   };
-}
-
-/** Assemble one tensor band by band and queue each band for the sink. */
-async function writeSharded(t: PlannedTensor, pool: TransformSourcePool, out: WritePipeline, buffers: TransformBuffers, onBytes: (n: number) => void): Promise<number> {
-  const es = elementSize(t.dtype);
-  const shape = t.shape;
-  if (t.byteLength === 0) return 0;
-  const rows = shape.length === 0 ? 1 : (shape[0] as number);
-  const rowBytes = t.byteLength / rows;
-  const rowsPerBand = Math.max(1, Math.floor(buffers.sizes.band / rowBytes));
-  let read = 0;
-  for (let r0 = 0; r0 < rows; r0 += rowsPerBand) {
-    const r1 = Math.min(rows, r0 + rowsPerBand);
-    const bandShape = shape.length === 0 ? [] : [r1 - r0, ...shape.slice(1)];
-    const buf = await out.take((r1 - r0) * rowBytes);
-    for (const op of t.ops) {
-      const clipped = clipToBand(op, shape.length, r0, r1);
-      if (clipped === null) continue;
-      const source = await pool.get(op.srcRank);
-      read += await transferBox(source, t.name, es, op.srcShape, clipped.srcBox, buf, bandShape, clipped.dstBox, buffers);
-    }
-    out.write(buf, onBytes);
-  }
-  return read;
-}
-
-/**
- * Write every tensor of a rank plan into `sink` (which the caller created and closes). Reading
- * the next band overlaps writing the previous one (two band buffers). Returns bytes read.
- */
-export async function executeRankPlan(
-  rp: RankPlan,
-  pool: TransformSourcePool,
-  sink: TensorSink,
-  buffers: TransformBuffers,
-  onBytes: (n: number) => void = () => {},
-): Promise<number> {
-  const out = new WritePipeline(sink, buffers);
-  let read = 0;
-  try {
-    for (const t of rp.tensors) {
-      out.begin(sinkTensorOf(t));
-      read += t.verbatim ? await writeVerbatim(t, pool, out, buffers, onBytes) : await writeSharded(t, pool, out, buffers, onBytes);
-      out.end();
-    }
-  } finally {
-    // never leave writes running past a failure (the caller aborts the sink next)
-    await out.drain().catch(() => undefined);
-  }
-  await out.drain();
-  return read;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Several destination ranks at once: each source span is read once for the whole group.
-
-/** Most destination ranks executed together. */
-export const TRANSFORM_MAX_GROUP = 8;
-/** Smallest per-rank band buffer a group may shrink to. */
-const MIN_LANE_BAND = 4 * 1024 * 1024;
-
-/**
- * How many destination ranks one converter executes together within a buffer budget of `memory`
- * bytes: each rank needs two band buffers of at least 4 MiB besides the shared scratch buffer.
- */
-export function transformGroupSize(memory: number, maxGroup: number = TRANSFORM_MAX_GROUP): number {
-  const base = bufferSizes(memory);
-  const avail = Math.max(0, Math.max(memory, 1024 * 1024) - base.scratch);
-  return Math.max(1, Math.min(Math.floor(maxGroup), Math.floor(avail / (2 * MIN_LANE_BAND))));
-}
-
-/** Buffer sizes for groups of `groupSize` ranks: the band budget is split across the ranks. */
-export function transformGroupBufferSizes(memory: number, groupSize: number): BufferSizes {
-  const base = bufferSizes(memory);
-  const avail = Math.max(0, Math.max(memory, 1024 * 1024) - base.scratch);
-  const band = Math.min(base.band, Math.floor(avail / (2 * Math.max(1, groupSize))));
-  return { band: Math.max(64 * 1024, band), scratch: base.scratch };
 }
 
 /**
@@ -492,24 +388,20 @@ async function transferGroup(
 }
 
 /** One tensor of every rank of a group, assembled band by band with shared reads. */
-async function writeShardedGroup(ts: readonly PlannedTensor[], pool: TransformSourcePool, outs: readonly WritePipeline[], buffers: TransformBuffers, onBytes: (n: number) => void): Promise<number> {
+async function writeShardedGroup(ts: readonly PlannedTensor[], pool: TransformSourcePool, outs: readonly WritePipeline[], buffers: TransformBuffers): Promise<number> {
   const es = elementSize((ts[0] as PlannedTensor).dtype);
-  const lanes = ts.map((t) => {
-    if (t.byteLength === 0) return null;
-    const rows = t.shape.length === 0 ? 1 : (t.shape[0] as number);
-    const rowBytes = t.byteLength / rows;
-    const rowsPerBand = Math.max(1, Math.floor(buffers.sizes.band / rowBytes));
-    return { t, rows, rowBytes, rowsPerBand, bands: Math.ceil(rows / rowsPerBand) };
-  });
+  const lanes = ts.map((t) => (t.byteLength === 0 ? null : { t, ...banding(t, buffers.sizes.band) }));
   const nBands = lanes.reduce((m, l) => Math.max(m, l?.bands ?? 0), 0);
   let read = 0;
   for (let b = 0; b < nBands; b++) {
     const bufs: (Uint8Array | null)[] = [];
+    const boxes: (Box | null)[] = [];
     const bySource = new Map<number, LanePiece[]>();
     for (let k = 0; k < lanes.length; k++) {
       const l = lanes[k];
       if (l === null || l === undefined || b >= l.bands) {
         bufs.push(null);
+        boxes.push(null);
         continue;
       }
       const r0 = b * l.rowsPerBand;
@@ -517,6 +409,7 @@ async function writeShardedGroup(ts: readonly PlannedTensor[], pool: TransformSo
       const shape = l.t.shape;
       const bandShape = shape.length === 0 ? [] : [r1 - r0, ...shape.slice(1)];
       bufs.push(await (outs[k] as WritePipeline).take((r1 - r0) * l.rowBytes));
+      boxes.push(bandBox(l.t, r0, r1));
       for (const op of l.t.ops) {
         const clipped = clipToBand(op, shape.length, r0, r1);
         if (clipped === null) continue;
@@ -533,56 +426,47 @@ async function writeShardedGroup(ts: readonly PlannedTensor[], pool: TransformSo
     }
     for (let k = 0; k < bufs.length; k++) {
       const buf = bufs[k];
-      if (buf !== null && buf !== undefined) (outs[k] as WritePipeline).write(buf, onBytes);
+      if (buf !== null && buf !== undefined) (outs[k] as WritePipeline).write(buf, { t: ts[k] as PlannedTensor, box: boxes[k] as Box });
     }
   }
   return read;
 }
 
-/** One verbatim entry for every rank of a group: read once when all copy the same source entry. */
-async function writeVerbatimGroup(ts: readonly PlannedTensor[], pool: TransformSourcePool, outs: readonly WritePipeline[], buffers: TransformBuffers, onBytes: (n: number) => void): Promise<number> {
+/**
+ * One verbatim entry for every rank of a group: in dim-0 bands (byte pieces for entries without
+ * an element size), read once when all copy the same source entry.
+ */
+async function writeVerbatimGroup(ts: readonly PlannedTensor[], pool: TransformSourcePool, outs: readonly WritePipeline[], buffers: TransformBuffers): Promise<number> {
   const t0 = ts[0] as PlannedTensor;
   const src = t0.ops[0]?.srcRank;
-  const same = src !== undefined && ts.every((t) => t.ops[0]?.srcRank === src && t.byteLength === t0.byteLength);
-  if (!same) {
-    let read = 0;
-    for (let k = 0; k < ts.length; k++) read += await writeVerbatim(ts[k] as PlannedTensor, pool, outs[k] as WritePipeline, buffers, onBytes);
-    return read;
+  if (src === undefined) throw new FailureError('no source for verbatim entry', { tensor: t0.name });
+  const same = ts.every((t) => t.ops[0]?.srcRank === src && t.byteLength === t0.byteLength);
+  const groups = same ? [ts.map((_, k) => k)] : ts.map((_, k) => [k]);
+  for (const lanes of groups) {
+    const t = ts[lanes[0] as number] as PlannedTensor;
+    const source = await pool.get(t.ops[0]?.srcRank as number);
+    const sized = hasElementSize(t.dtype);
+    const { rows, rowBytes, rowsPerBand } = sized ? banding(t, buffers.sizes.band) : { rows: t.byteLength, rowBytes: 1, rowsPerBand: Math.max(1, buffers.sizes.band) };
+    for (let r0 = 0; r0 < rows && t.byteLength > 0; r0 += rowsPerBand) {
+      const r1 = Math.min(rows, r0 + rowsPerBand);
+      const n = (r1 - r0) * rowBytes;
+      const bufs: Uint8Array[] = [];
+      for (const k of lanes) bufs.push(await (outs[k] as WritePipeline).take(n));
+      const head = bufs[0] as Uint8Array;
+      await source.readBytes(t.name, r0 * rowBytes, n, head, 0);
+      for (let i = 1; i < bufs.length; i++) (bufs[i] as Uint8Array).set(head);
+      lanes.forEach((k, i) => (outs[k] as WritePipeline).write(bufs[i] as Uint8Array, sized ? { t: ts[k] as PlannedTensor, box: bandBox(t, r0, r1) } : undefined));
+    }
   }
-  const source = await pool.get(src);
-  const piece = Math.max(1, Math.min(buffers.sizes.band, t0.byteLength));
-  for (let off = 0; off < t0.byteLength; off += piece) {
-    const n = Math.min(piece, t0.byteLength - off);
-    const bufs: Uint8Array[] = [];
-    for (const out of outs) bufs.push(await out.take(n));
-    const head = bufs[0] as Uint8Array;
-    await source.readBytes(t0.name, off, n, head, 0);
-    for (let k = 1; k < bufs.length; k++) (bufs[k] as Uint8Array).set(head);
-    for (let k = 0; k < bufs.length; k++) (outs[k] as WritePipeline).write(bufs[k] as Uint8Array, onBytes);
-  }
-  return t0.byteLength * ts.length;
+  return ts.reduce((a, t) => a + t.byteLength, 0);
 }
 
-/**
- * Write several destination ranks together, `rps[k]` into `sinks[k]` (which the caller created
- * and closes or aborts): the rank plans must list the same tensors in the same order
- * (`rankPlansShareTensors`). For every tensor and dim-0 band, each needed source span is read
- * once and copied into every rank's band, so column splits are not read once per rank. Band
- * buffers are per rank (`buffers.sizes.band` each, see `transformGroupBufferSizes`); the scratch
- * buffer is shared. Output bytes are identical to `executeRankPlan` of each rank. Returns bytes
- * delivered (as the sum of `executeRankPlan` of each rank would).
- */
 /**
  * Destination ranks in groups that can be converted together: consecutive ranks (in `ranks`
  * order) whose plans list the same tensors, at most `groupSize` each. Plans are computed lazily,
  * in write order for `format`.
  */
-export function* rankPlanGroups(
-  plan: Plan,
-  ranks: readonly number[],
-  format: 'ckpt' | 'safetensors',
-  groupSize: number,
-): Generator<RankPlan[]> {
+export function* rankPlanGroups(plan: Plan, ranks: readonly number[], format: WeightsFormat, groupSize: number): Generator<RankPlan[]> {
   let group: RankPlan[] = [];
   for (const rank of ranks) {
     const rp = rankPlanInWriteOrder(planRank(plan, rank), format);
@@ -596,35 +480,76 @@ export function* rankPlanGroups(
   if (group.length > 0) yield group;
 }
 
+/**
+ * Write several destination ranks together, `rps[k]` into `sinks[k]` (which the caller created
+ * and closes or aborts): the rank plans must list the same tensors in the same order
+ * (`rankPlansShareTensors`). For every tensor and dim-0 band, each needed source span is read
+ * once and copied into every rank's band, so column splits are not read once per rank. Band
+ * buffers are per rank (`buffers.sizes.band` each, see `transformGroupBufferSizes`); the scratch
+ * buffer is shared. Returns bytes delivered.
+ */
 export async function executeRankPlanGroup(
   rps: readonly RankPlan[],
   pool: TransformSourcePool,
   sinks: readonly TensorSink[],
   buffers: TransformBuffers,
-  onBytes: (n: number) => void = () => {},
+  opts: ExecuteOptions | ((n: number) => void) = {},
 ): Promise<number> {
+  const o: ExecuteOptions = typeof opts === 'function' ? { onBytes: opts } : opts;
   if (rps.length !== sinks.length) throw new FailureError(`internal: ${rps.length} rank plans but ${sinks.length} sinks`);
   const head = rps[0];
   if (head === undefined) return 0;
-  if (rps.length === 1) return executeRankPlan(head, pool, sinks[0] as TensorSink, buffers, onBytes);
   for (const rp of rps) {
     if (!rankPlansShareTensors(head, rp)) throw new FailureError(`internal: rank ${rp.rank} cannot be converted together with rank ${head.rank} (different tensors)`);
   }
-  const outs = sinks.map((s, k) => new WritePipeline(s, buffers, k));
+  const outs = sinks.map((s, k) => new WritePipeline(s, buffers, k, o));
   let read = 0;
   try {
     for (let i = 0; i < head.tensors.length; i++) {
       const ts = rps.map((rp) => rp.tensors[i] as PlannedTensor);
       ts.forEach((t, k) => (outs[k] as WritePipeline).begin(sinkTensorOf(t)));
-      read += (ts[0] as PlannedTensor).verbatim
-        ? await writeVerbatimGroup(ts, pool, outs, buffers, onBytes)
-        : await writeShardedGroup(ts, pool, outs, buffers, onBytes);
+      read += (ts[0] as PlannedTensor).verbatim ? await writeVerbatimGroup(ts, pool, outs, buffers) : await writeShardedGroup(ts, pool, outs, buffers);
       for (const out of outs) out.end();
     }
   } finally {
     // never leave writes running past a failure (the caller aborts the sinks next)
-    await Promise.all(outs.map((o) => o.drain().catch(() => undefined)));
+    await Promise.all(outs.map((x) => x.drain().catch(() => undefined)));
   }
   for (const out of outs) await out.drain();
   return read;
 }
+
+/** One destination rank: a group of one. */
+export async function executeRankPlan(
+  rp: RankPlan,
+  pool: TransformSourcePool,
+  sink: TensorSink,
+  buffers: TransformBuffers,
+  opts: ExecuteOptions | ((n: number) => void) = {},
+): Promise<number> {
+  return executeRankPlanGroup([rp], pool, [sink], buffers, opts);
+}
+
+/** Most destination ranks executed together. */
+export const TRANSFORM_MAX_GROUP = 8;
+/** Smallest per-rank band buffer a group may shrink to. */
+const MIN_LANE_BAND = 4 * 1024 * 1024;
+
+/**
+ * How many destination ranks one converter executes together within a buffer budget of `memory`
+ * bytes: each rank needs two band buffers of at least 4 MiB besides the shared scratch buffer.
+ */
+export function transformGroupSize(memory: number, maxGroup: number = TRANSFORM_MAX_GROUP): number {
+  const base = bufferSizes(memory);
+  const avail = Math.max(0, Math.max(memory, 1024 * 1024) - base.scratch);
+  return Math.max(1, Math.min(Math.floor(maxGroup), Math.floor(avail / (2 * MIN_LANE_BAND))));
+}
+
+/** Buffer sizes for groups of `groupSize` ranks: the band budget is split across the ranks. */
+export function transformGroupBufferSizes(memory: number, groupSize: number): BufferSizes {
+  const base = bufferSizes(memory);
+  const avail = Math.max(0, Math.max(memory, 1024 * 1024) - base.scratch);
+  const band = Math.min(base.band, Math.floor(avail / (2 * Math.max(1, groupSize))));
+  return { band: Math.max(64 * 1024, band), scratch: base.scratch };
+}
+

@@ -1,32 +1,30 @@
 /**
- * `transformCheckpoints`: plan, then write every destination rank's file (temporary name +
- * rename), then `transform_manifest.json` (last, atomically) with sizes and CRC-32s and a
- * fingerprint of the inputs. A re-run with the same inputs skips files the manifest shows
- * complete. With `processNum: K` the selected ranks are cut into K contiguous blocks
- * (`[i*W/K, (i+1)*W/K)`, as mindformers' transform_process_num does) and each block is converted
- * by a child `msckpt transform --ranks a-b` process; children report their files on stdout and
- * the parent writes the manifest once all succeeded. Within one process, consecutive ranks of the
- * same stage that list the same tensors are converted together (up to 8, `executeRankPlanGroup`),
- * so each source span is read once per group rather than once per rank.
+ * `transformCheckpoints`: plan once, then write every destination rank's file with the one rank
+ * writer (temporary name + rename, size and CRC-32 computed while writing), then
+ * `transform_manifest.json` (last, atomically) with sizes and CRC-32s and a fingerprint of the
+ * inputs. A re-run with the same inputs skips files the manifest shows complete. With
+ * `processNum: K` the selected ranks are cut into K contiguous blocks (`[i*W/K, (i+1)*W/K)`, as
+ * mindformers' transform_process_num does) and each block is written by a worker process
+ * (transform/worker.ts) that loads the plan from a plan file the parent wrote (no header re-read,
+ * no strategy merged again) and reports each file as it is committed; the parent writes the
+ * manifest once all succeeded.
  */
 import { createHash } from 'node:crypto';
+import { fork } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, open, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
-import { crc32 } from 'node:zlib';
-import { execa } from 'execa';
-import { createProgress, type Progress } from '../cli/progress.js';
-import { packageFile } from '../package-files.js';
 import { FailureError, InputError } from '../errors.js';
-import { expectAtomicCrc32, takeAtomicCrc32, writeFileAtomic } from '../formats/atomic.js';
-import { DEFAULT_MEMORY, type RankPlan } from '../plan/build.js';
-import { createOutputSink, openWeightsFile, type OutputFormat } from '../plan/io.js';
-import { loadPlan, type LoadedPlan, type PickRule, type SourceFormat } from '../plan/load.js';
-import type { TensorSink } from '../formats/types.js';
-import {
-  createTransformSourcePool, executeRankPlanGroup, rankPlanGroups, sinkTensorOf,
-  TransformBuffers, transformGroupBufferSizes, transformGroupSize,
-} from './execute.js';
+import { writeFileAtomic } from '../formats/atomic.js';
+import type { PickRule, WeightsFormat } from '../formats/resolve.js';
+import { pluginModule } from '../package-files.js';
+import { DEFAULT_MEMORY, loadPlan, writePlanFile, type LoadedPlan } from '../plan/index.js';
+import { SILENT_PROGRESS, type Progress, type ProgressFactory } from '../progress.js';
+import { fileCrc32Of } from './file-crc.js';
+import { writeRanks, type CommittedRankFile } from './rank-writer.js';
+import type { WorkerJob, WorkerMessage } from './worker.js';
+
+export { fileCrc32Of };
 
 export const TRANSFORM_MANIFEST_NAME = 'transform_manifest.json';
 
@@ -51,20 +49,18 @@ export interface TransformOptions {
   readonly processNum?: number;
   /** Buffer budget in bytes (default 512 MiB). */
   readonly memory?: number;
-  /** Which file of a rank_N folder holding several: last in name order (default) or newest. */
+  /** Which file of a rank_N folder holding several counts (default newest; see formats/resolve.ts). */
   readonly pick?: PickRule;
   /** Output format; default: the source's format (ckpt or safetensors). */
-  readonly outputFormat?: OutputFormat;
+  readonly outputFormat?: WeightsFormat;
   /** rank_N folders holding both .ckpt and .safetensors: which to read (default safetensors). */
-  readonly srcFormat?: SourceFormat;
+  readonly srcFormat?: WeightsFormat;
   /** `.ckpt`: append the CRC trailer; safetensors: `crc_num` in metadata (as MindSpore's crc_check). */
   readonly crc?: boolean;
-  /** Progress line on a TTY (default true). */
-  readonly progress?: boolean;
+  /** Progress of the written bytes (default: none). */
+  readonly progress?: ProgressFactory | false;
   /** Messages for the user as they happen (which file was picked, ...). */
   readonly onNotice?: (message: string) => void;
-  /** Internal: run as a child of a multi-process run (no manifest written). */
-  readonly child?: boolean;
 }
 
 export interface ManifestFile {
@@ -80,7 +76,7 @@ export interface TransformFingerprint {
   readonly srcStrategy: string | null;
   readonly dstStrategy: string | null;
   readonly prefix: string;
-  readonly format: OutputFormat;
+  readonly format: WeightsFormat;
   readonly worldSize: number;
   readonly crc?: boolean;
 }
@@ -158,27 +154,8 @@ export function transformProcessBlocks<T>(items: readonly T[], k: number): T[][]
   return blocks;
 }
 
-export function transformOutputPath(dstDir: string, rank: number, prefix: string, format: OutputFormat): string {
+export function transformOutputPath(dstDir: string, rank: number, prefix: string, format: WeightsFormat): string {
   return join(dstDir, `rank_${rank}`, `${prefix}${rank}.${format === 'safetensors' ? 'safetensors' : 'ckpt'}`);
-}
-
-/** CRC-32 of a file, read in pieces. */
-export async function fileCrc32Of(path: string): Promise<{ size: number; crc32: number }> {
-  const fh = await open(path, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(8 * 1024 * 1024);
-    let pos = 0;
-    let crc = 0;
-    for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.byteLength, pos);
-      if (bytesRead === 0) break;
-      crc = crc32(buf.subarray(0, bytesRead), crc);
-      pos += bytesRead;
-    }
-    return { size: pos, crc32: crc >>> 0 };
-  } finally {
-    await fh.close();
-  }
 }
 
 export async function readTransformManifest(dstDir: string): Promise<TransformManifest | null> {
@@ -198,40 +175,8 @@ export async function readTransformManifest(dstDir: string): Promise<TransformMa
   }
 }
 
-/** Progress of a converter child: written bytes sent to the parent over IPC, at most ~10 times a second. */
-function childProgress(): Progress {
-  let pending = 0;
-  let last = 0;
-  const flush = (): void => {
-    if (pending > 0 && process.send !== undefined && process.connected) process.send({ progress: pending });
-    pending = 0;
-  };
-  return {
-    advance(n: number) {
-      pending += n;
-      const now = Date.now();
-      if (now - last >= 100) {
-        last = now;
-        flush();
-      }
-    },
-    label() {},
-    done() {
-      flush();
-    },
-  };
-}
-
 function hashOf(value: unknown): string {
   return createHash('sha256').update(JSON.stringify(value)).digest('hex');
-}
-
-function binPath(): string {
-  try {
-    return packageFile('bin/msckpt.js');
-  } catch {
-    throw new FailureError('cannot find bin/msckpt.js to start converter processes');
-  }
 }
 
 interface Selected {
@@ -242,7 +187,7 @@ interface Selected {
   fingerprintHash: string;
 }
 
-async function selectAndPlan(opts: TransformOptions, memory: number, requested: OutputFormat | undefined, prefix: string): Promise<Selected & { format: OutputFormat }> {
+async function selectAndPlan(opts: TransformOptions, memory: number, requested: WeightsFormat | undefined, prefix: string): Promise<Selected & { format: WeightsFormat }> {
   let ranks: number[] | undefined;
   if (opts.rank !== undefined) ranks = [opts.rank];
   if (opts.ranks !== undefined) {
@@ -259,7 +204,7 @@ async function selectAndPlan(opts: TransformOptions, memory: number, requested: 
     ...(opts.pick !== undefined ? { pick: opts.pick } : {}),
     ...(opts.srcFormat !== undefined ? { srcFormat: opts.srcFormat } : {}),
   });
-  const format: OutputFormat = requested ?? loaded.sources.format;
+  const format: WeightsFormat = requested ?? loaded.sources.format;
   const world = loaded.plan.destination.deviceCount;
   const fingerprint: TransformFingerprint = {
     sources: loaded.sources.files.map((f) => ({ path: f.path, size: f.size, mtimeMs: f.mtimeMs })),
@@ -325,7 +270,7 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
         // missing: redo
       }
     }
-  } else if (prev !== null && !opts.child) {
+  } else if (prev !== null) {
     // stale manifest of ours for other inputs: it must not vouch for files we are replacing
     await rm(join(dstDir, TRANSFORM_MANIFEST_NAME), { force: true });
   }
@@ -333,111 +278,110 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
   const skipped = sel.ranks.filter((r) => done.has(r));
   await mkdir(dstDir, { recursive: true });
 
-  const files: ManifestFile[] = skipped.map((r) => done.get(r) as ManifestFile);
+  const plan = sel.loaded.plan;
+  const outputOf = (rank: number): string => transformOutputPath(dstDir, rank, prefix, format);
+  const summaries = new Map(plan.ranks.map((x) => [x.rank, x]));
+  const total = todo.reduce((sum, r) => sum + (summaries.get(r)?.bytesWritten ?? 0), 0);
+  const progress: Progress = opts.progress ? opts.progress(total) : SILENT_PROGRESS;
+  const committed: CommittedRankFile[] = [];
   let bytesRead = 0;
   let bytesWritten = 0;
   let maxRss = process.resourceUsage().maxRSS * 1024;
   let processes = 1;
-
-  const summaries = new Map(sel.loaded.plan.ranks.map((x) => [x.rank, x]));
-  const total = todo.reduce((sum, r) => sum + (summaries.get(r)?.bytesWritten ?? 0), 0);
-  if (processNum > 1 && !opts.child && todo.length > 1) {
-    const blocks = transformProcessBlocks(sel.ranks, processNum).filter((b) => b.some((r) => !done.has(r)));
-    processes = blocks.length;
-    const bin = binPath();
-    // children report written bytes over IPC; the parent shows one progress line
-    const progress = createProgress(total, opts.progress !== false);
-    progress.label(`${blocks.length} converters`);
-    let results: PromiseSettledResult<TransformReport>[];
-    try {
-      results = await Promise.allSettled(
-        blocks.map(async (block) => {
-          const args = [bin, 'transform', '--src-checkpoint', opts.srcCheckpoint, '--dst-checkpoint-dir', dstDir,
-            '--prefix', prefix, '--ranks', formatRankRanges(block), '--memory', String(memory), '--output-format', format,
-            '--pick', opts.pick ?? 'last', '--json', '--child'];
-          if (opts.srcStrategy) args.push('--src-strategy', opts.srcStrategy);
-          if (opts.dstStrategy) args.push('--dst-strategy', opts.dstStrategy);
-          if (opts.srcFormat !== undefined) args.push('--src-format', opts.srcFormat);
-          if (opts.crc === true) args.push('--crc');
-          const child = execa(process.execPath, args, { reject: false, all: false, stdin: 'ignore', ipc: true, serialization: 'json' });
-          child.on('message', (m: unknown) => {
-            if (typeof m === 'object' && m !== null && typeof (m as { progress?: unknown }).progress === 'number') {
-              progress.advance((m as { progress: number }).progress);
-            }
-          });
-          const r = await child;
-          if (r.exitCode !== 0) {
-            const text = String(r.stderr).trim().replace(/^msckpt: /, '') || `exited with code ${r.exitCode ?? r.signal ?? '?'}`;
-            const Err = r.exitCode === 2 ? InputError : FailureError;
-            throw new Err(`converter for ranks ${formatRankRanges(block)} failed: ${text}`);
-          }
-          try {
-            return JSON.parse(String(r.stdout)) as TransformReport;
-          } catch {
-            throw new FailureError(`converter for ranks ${formatRankRanges(block)} printed no report`);
-          }
-        }),
-      );
-    } finally {
-      progress.done();
+  try {
+    if (processNum > 1 && todo.length > 1) {
+      const blocks = transformProcessBlocks(sel.ranks, processNum).map((b) => b.filter((r) => !done.has(r))).filter((b) => b.length > 0);
+      processes = blocks.length;
+      progress.label(`${blocks.length} converters`);
+      const r = await runWorkers(plan, blocks, { format, memory, crc: opts.crc === true, outputOf, dstDir }, (f) => committed.push(f), (n) => progress.advance(n));
+      bytesRead = r.bytesRead;
+      bytesWritten = r.bytesWritten;
+      maxRss = Math.max(maxRss, r.maxRssBytes);
+    } else {
+      const r = await writeRanks({
+        plan, ranks: todo, outputPath: outputOf, format, memory, crc: opts.crc === true,
+        onCommit: (f) => {
+          committed.push(f);
+        },
+        onGroup: (ranks) => progress.label(ranks.length === 1 ? `rank ${ranks[0]}` : `ranks ${formatRankRanges(ranks)}`),
+        onBytes: (n) => progress.advance(n),
+      });
+      bytesRead = r.bytesRead;
+      bytesWritten = r.bytesWritten;
+      maxRss = Math.max(maxRss, process.resourceUsage().maxRSS * 1024);
     }
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed !== undefined) throw failed.reason;
-    for (const r of results) {
-      if (r.status !== 'fulfilled') continue;
-      const rep = r.value;
-      for (const f of rep.files) if (!done.has(f.rank)) files.push(f);
-      bytesRead += rep.bytesRead;
-      bytesWritten += rep.bytesWritten;
-      maxRss = Math.max(maxRss, rep.maxRssBytes);
-    }
-  } else {
-    const plan = sel.loaded.plan;
-    const progress = opts.child === true && typeof process.send === 'function' ? childProgress() : createProgress(total, opts.progress !== false);
-    const pathOf = new Map(plan.source.files.map((f) => [f.rank, f.path]));
-    const pool = createTransformSourcePool(async (rank) => openWeightsFile(pathOf.get(rank) as string));
-    // destination ranks of the same stage listing the same tensors are converted together (each
-    // source span read once for the whole group); the band budget is split across the group
-    const groupSize = transformGroupSize(memory);
-    const buffers = new TransformBuffers(transformGroupBufferSizes(memory, groupSize));
-    try {
-      for (const group of rankPlanGroups(plan, todo, format, groupSize)) {
-        const first = group[0] as RankPlan;
-        const outs = group.map((rp) => transformOutputPath(dstDir, rp.rank, prefix, format));
-        progress.label(group.length === 1 ? `rank ${first.rank}` : `ranks ${formatRankRanges(group.map((rp) => rp.rank))}`);
-        const sinks: TensorSink[] = [];
-        try {
-          for (let k = 0; k < group.length; k++) {
-            expectAtomicCrc32(outs[k] as string);
-            const rp = group[k] as RankPlan;
-            sinks.push(await createOutputSink(outs[k] as string, format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true }));
-          }
-          bytesRead += await executeRankPlanGroup(group, pool, sinks, buffers, (n) => progress.advance(n));
-          for (const sink of sinks) await sink.close();
-        } catch (err) {
-          for (const out of outs) takeAtomicCrc32(out);
-          // abort is a no-op for sinks already closed (their files are complete)
-          for (const sink of sinks) await sink.abort().catch(() => undefined);
-          throw err;
-        }
-        for (let k = 0; k < group.length; k++) {
-          const out = outs[k] as string;
-          // CRC-32 computed while writing; read the file back only when the writes could not tell
-          const { size, crc32: crc } = takeAtomicCrc32(out) ?? (await fileCrc32Of(out));
-          bytesWritten += size;
-          files.push({ rank: (group[k] as RankPlan).rank, path: relative(dstDir, out), size, crc32: crc });
-        }
-      }
-    } finally {
-      await pool.close();
-      progress.done();
-    }
-    maxRss = Math.max(maxRss, process.resourceUsage().maxRSS * 1024);
+  } finally {
+    progress.done();
   }
-  files.sort((a, b) => a.rank - b.rank);
-  const manifest = opts.child ? null : await writeManifest(dstDir, sel, files);
+  const files: ManifestFile[] = [
+    ...skipped.map((r) => done.get(r) as ManifestFile),
+    ...committed.map((f) => ({ rank: f.rank, path: relative(dstDir, f.path), size: f.size, crc32: f.crc32 })),
+  ].sort((a, b) => a.rank - b.rank);
+  const manifest = await writeManifest(dstDir, sel, files);
   return {
     dstDir, manifest, worldSize: sel.world, written: todo, skipped, files, bytesRead, bytesWritten,
     seconds: (Date.now() - started) / 1000, processes, maxRssBytes: maxRss, notices,
   };
+}
+
+/**
+ * Write `blocks` of destination ranks in worker processes, one per block: the plan is written
+ * once to a plan file (under the destination folder, removed afterwards) that every worker loads.
+ */
+async function runWorkers(
+  plan: LoadedPlan['plan'],
+  blocks: readonly (readonly number[])[],
+  o: { format: WeightsFormat; memory: number; crc: boolean; outputOf: (rank: number) => string; dstDir: string },
+  onCommit: (f: CommittedRankFile) => void,
+  onBytes: (n: number) => void,
+): Promise<{ bytesRead: number; bytesWritten: number; maxRssBytes: number }> {
+  const mod = pluginModule('transform/worker');
+  const dir = await mkdtemp(join(o.dstDir, '.msckpt-plan-'));
+  try {
+    const planFile = join(dir, 'plan.json');
+    const fingerprint = await writePlanFile(plan, planFile);
+    const results = await Promise.allSettled(
+      blocks.map(
+        (block) =>
+          new Promise<{ bytesRead: number; bytesWritten: number; maxRssBytes: number }>((resolvePromise, reject) => {
+            const child = fork(mod.path, [], { execArgv: mod.execArgv, stdio: ['ignore', 'ignore', 'pipe', 'ipc'], serialization: 'json' });
+            let stderr = '';
+            child.stderr?.on('data', (d: Buffer) => {
+              stderr = (stderr + d.toString('utf8')).slice(-4000);
+            });
+            let result: { bytesRead: number; bytesWritten: number; maxRssBytes: number } | undefined;
+            let error: { message: string; exitCode: 1 | 2 } | undefined;
+            child.on('message', (m: WorkerMessage) => {
+              if ('file' in m) onCommit(m.file);
+              else if ('progress' in m) onBytes(m.progress);
+              else if ('done' in m) result = m.done;
+              else if ('error' in m) error = m.error;
+            });
+            child.on('error', (err) => reject(new FailureError(`cannot start a converter process: ${err.message}`)));
+            child.on('exit', (code, signal) => {
+              const what = `converter for ranks ${formatRankRanges([...block])}`;
+              if (code === 0 && result !== undefined) resolvePromise(result);
+              else if (error !== undefined) reject(new (error.exitCode === 2 ? InputError : FailureError)(`${what} failed: ${error.message}`));
+              else reject(new FailureError(`${what} failed: ${stderr.trim() || `exited with ${signal ?? `code ${code}`}`}`));
+            });
+            const outputs: Record<string, string> = {};
+            for (const r of block) outputs[String(r)] = o.outputOf(r);
+            const job: WorkerJob = { planFile, fingerprint, ranks: block, outputs, format: o.format, memory: o.memory, crc: o.crc };
+            child.send(job);
+          }),
+      ),
+    );
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed !== undefined) throw failed.reason;
+    const out = { bytesRead: 0, bytesWritten: 0, maxRssBytes: 0 };
+    for (const r of results) {
+      if (r.status !== 'fulfilled') continue;
+      out.bytesRead += r.value.bytesRead;
+      out.bytesWritten += r.value.bytesWritten;
+      out.maxRssBytes = Math.max(out.maxRssBytes, r.value.maxRssBytes);
+    }
+    return out;
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

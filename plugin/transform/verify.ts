@@ -1,7 +1,8 @@
 /** `verifyTransform(dir)`: re-check every file the transform manifest lists (size and CRC-32). */
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
-import { fileCrc32Of, TRANSFORM_MANIFEST_NAME, readTransformManifest } from './transform.js';
+import { fileCrc32Of } from './file-crc.js';
+import { TRANSFORM_MANIFEST_NAME, readTransformManifest } from './transform.js';
 
 export interface VerifyFileResult {
   readonly rank: number;

@@ -8,10 +8,11 @@
  * file keeps the checkpoint's record order (keys are not sorted), so safetensors -> ckpt gives the
  * original file back byte for byte.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { basename, extname, join, relative, resolve } from 'node:path';
 import { InputError } from '../errors.js';
 import { runPool } from './pool.js';
+import { listWeightFiles, type WeightsFormat } from '../formats/resolve.js';
 import { createCheckpointSink, openCheckpoint } from '../formats/ckpt/index.js';
 import { COPY_PIECE, copyEntry } from '../formats/copy.js';
 import { createSafetensorsSink, openSafetensorsFile } from '../formats/safetensors/index.js';
@@ -151,24 +152,14 @@ function swapExt(name: string, to: string): string {
   return (ext === '' ? name : name.slice(0, -ext.length)) + to;
 }
 
-/** The files a conversion reads: the file itself, or every matching file in `dir` and its `rank*` folders. */
-async function collect(src: string, ext: string, regex: RegExp | undefined): Promise<string[]> {
-  const st = await stat(src).catch(() => null);
-  if (st === null) throw new InputError('no such file or directory', { file: src });
-  if (st.isFile()) return [src];
-  const out: string[] = [];
-  const scan = async (d: string, depth: number): Promise<void> => {
-    for (const ent of (await readdir(d, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1))) {
-      const p = join(d, ent.name);
-      if (ent.isFile() && ent.name.endsWith(ext) && !ent.name.startsWith('.') && (regex === undefined || regex.test(ent.name))) out.push(p);
-      else if (ent.isDirectory() && depth === 0 && /^rank/.test(ent.name)) await scan(p, 1);
-    }
-  };
-  await scan(src, 0);
-  if (out.length === 0) throw new InputError(`no ${ext} files here or in rank*/ folders`, { file: src });
+/** The files a conversion reads: the file itself, or every file of the format in `dir` and its rank_N folders. */
+async function collect(src: string, format: WeightsFormat, regex: RegExp | undefined): Promise<string[]> {
+  const all = await listWeightFiles(src, format);
+  if (all.length === 1 && all[0]?.path === src) return [src];
+  const out = all.map((f) => f.path).filter((p) => regex === undefined || regex.test(basename(p)));
+  if (out.length === 0) throw new InputError(`no .${format} files here or in rank_N/ folders`, { file: src });
   return out;
 }
-
 
 async function convertTree(direction: Direction, src: string, dst: string, opts: WeightsConvertOptions): Promise<WeightsConvertResult> {
   const [fromExt, toExt] = direction === 'ckpt-to-safetensors' ? ['.ckpt', '.safetensors'] : ['.safetensors', '.ckpt'];
@@ -182,7 +173,7 @@ async function convertTree(direction: Direction, src: string, dst: string, opts:
   }
   const st = await stat(src).catch(() => null);
   if (st === null) throw new InputError('no such file or directory', { file: src });
-  const files = await collect(src, fromExt, regex);
+  const files = await collect(src, fromExt === '.ckpt' ? 'ckpt' : 'safetensors', regex);
   const single = st.isFile();
   const target = (f: string): string => {
     if (single) return dst.endsWith(toExt) ? dst : join(dst, swapExt(basename(f), toExt));

@@ -77,11 +77,19 @@ async function runCase(path: string, bytes: Buffer, verifyCrc: boolean): Promise
   }
   try {
     let total = 0;
+    let lastEnd = 0;
     for (const e of src.entries()) {
       total += e.byteLength;
       expect(total).toBeLessThanOrEqual(bytes.byteLength);
       const buf = new Uint8Array(e.byteLength);
       await src.readBytes(e.name, 0, e.byteLength, buf);
+      // the bytes read are the file's at the chunks the index names, chunks in order inside the body
+      for (const c of e.chunkList) {
+        expect(c.offset).toBeGreaterThanOrEqual(lastEnd);
+        lastEnd = c.offset + c.length;
+        expect(lastEnd).toBeLessThanOrEqual(src.bodyBytes);
+      }
+      expect(Buffer.from(buf).equals(Buffer.concat(e.chunkList.map((c) => bytes.subarray(c.offset, c.offset + c.length)))), e.name).toBe(true);
     }
     maxArrayBuffers = Math.max(maxArrayBuffers, process.memoryUsage().arrayBuffers);
     return 'ok';

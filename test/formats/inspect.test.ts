@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../plugin/errors.js';
 import { createCheckpointSink } from '../../plugin/formats/ckpt/index.js';
-import { detectKind, listRankFiles } from '../../plugin/formats/detect.js';
+import { detectKind } from '../../plugin/formats/detect.js';
 import { fromFloat32 } from '../../plugin/formats/dtype.js';
 import { createWeightsSink, inspectWeights, openWeights, previewTensor } from '../../plugin/formats/open.js';
 import type { SinkTensor } from '../../plugin/formats/types.js';
@@ -65,10 +65,14 @@ describeFixtures('inspect --json on the fixtures (CLI)', () => {
   it('the llama2 directory is a distributed checkpoint of two ranks (API)', async () => {
     expect(await inspectWeights(fixture('llama2_tiny_tp2'))).toEqual({
       kind: 'distributed',
-      ranks: [
-        { rank: 0, file: fixture('llama2_tiny_tp2/rank_0/checkpoint_0.ckpt') },
-        { rank: 1, file: fixture('llama2_tiny_tp2/rank_1/checkpoint_1.ckpt') },
-      ],
+      format: 'ckpt',
+      rule: 'newest',
+      notices: [],
+      ranks: [0, 1].map((r) => ({
+        rank: r,
+        file: fixture(`llama2_tiny_tp2/rank_${r}/checkpoint_${r}.ckpt`),
+        candidates: [fixture(`llama2_tiny_tp2/rank_${r}/checkpoint_${r}.ckpt`)],
+      })),
     });
   });
 
@@ -186,11 +190,8 @@ describe('detection and inspect on generated files', () => {
     expect(await detectKind(dist)).toBe('distributed');
     expect(await detectKind(dir)).toBe('unknown');
     await expect(detectKind(join(dir, 'missing'))).rejects.toBeInstanceOf(InputError);
-    expect(await listRankFiles(dist)).toEqual([
-      { rank: 0, file: join(dist, 'rank_0', 'net-2_5.ckpt') },
-      { rank: 2, file: null },
-      { rank: 10, file: join(dist, 'rank_10', 'checkpoint_10.ckpt') },
-    ]);
+    // a rank tree with a gap is refused, naming the missing folder
+    await expect(inspectWeights(dist)).rejects.toThrow(/rank_1 is missing/);
 
     // openWeights dispatches by content
     const s1 = await openWeights(st);

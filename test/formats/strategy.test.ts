@@ -232,17 +232,29 @@ describe('strategy encodings', () => {
         seed = (seed * 1103515245 + 12345) % 2147483648;
         return seed / 2147483648;
       };
+      let refused = 0;
+      let parsed = 0;
       for (let i = 0; i < 2000; i++) {
         const b = Uint8Array.from(good);
         const edits = 1 + Math.floor(rnd() * 4);
         for (let e = 0; e < edits; e++) b[Math.floor(rnd() * b.length)] = Math.floor(rnd() * 256);
         const cut = rnd() < 0.3 ? b.subarray(0, Math.floor(rnd() * b.length)) : b;
+        let s;
         try {
-          parseStrategyBytes(cut, 'm.ckpt');
+          s = parseStrategyBytes(cut, 'm.ckpt');
         } catch (err) {
           expect(err).toBeInstanceOf(InputError);
+          expect((err as Error).message).toContain('m.ckpt');
+          refused++;
+          continue;
         }
+        // what is accepted is a strategy that encodes and reads back as itself
+        parsed++;
+        const again = parseStrategyBytes(encodeStrategy(s, 'protobuf'), 'again.ckpt');
+        expect({ ...again, path: s.path }).toEqual(s);
       }
+      expect(refused).toBeGreaterThan(100);
+      expect(parsed).toBeGreaterThan(0);
     });
   });
 });

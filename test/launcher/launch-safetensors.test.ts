@@ -78,9 +78,9 @@ describe('launch: load_ckpt_format safetensors', () => {
     expect(await readFile(join(dir, 'run.yaml'), 'utf8')).toContain('auto_trans_ckpt: True');
   });
 
-  it('distributed safetensors mp2 -> mp4: per rank the largest (epoch, step), strategy folder beside the weights', async () => {
+  it('distributed safetensors mp2 -> mp4: per rank the newest file, strategy folder beside the weights', async () => {
     const dir = await jobDir();
-    // names end -1_10 and -1_9: file-name order would pick 1_9 (zeros); (epoch, step) picks 1_10
+    // names end -1_10 and -1_9: file-name order would pick 1_9 (zeros, older); the newest is 1_10
     await writeSlicedST(dir, { dp: 1, mp: 2, pp: 1 }, [[1, 9], [1, 10]]);
     await writeYaml(dir, runYaml({ load: './sliced', format: 'safetensors', par: { dp: 1, mp: 4, pp: 1 }, tpn: 2 }));
     // the job's strategy given (the strategy pass is covered above)
@@ -138,13 +138,13 @@ describe('launch: safetensors sources (no processes)', () => {
     await mkdir(join(dir, 'weights', 'one'), { recursive: true });
     await writeCompleteSafetensors(join(dir, 'weights', 'one', 'model.safetensors'));
     const uni = await cfgFor(dir, runYaml({ load: './weights/uni', format: 'safetensors', par }));
-    expect(await launchSources(uni)).toEqual([{ name: 'uni', path: join(dir, 'weights', 'uni') }]);
+    expect((await launchSources(uni)).map(({ name, path }) => ({ name, path }))).toEqual([{ name: 'uni', path: join(dir, 'weights', 'uni') }]);
     expect(safetensorsSlicingOf(uni)).toBe('convert');
     const hf = await cfgFor(dir, runYaml({ load: './weights/hf', format: 'safetensors', par, msckpt: { safetensors_slicing: 'load-time' } }));
-    expect(await launchSources(hf)).toEqual([{ name: 'hf', path: join(dir, 'weights', 'hf', 'model.safetensors.index.json') }]);
+    expect((await launchSources(hf)).map(({ name, path }) => ({ name, path }))).toEqual([{ name: 'hf', path: join(dir, 'weights', 'hf', 'model.safetensors.index.json') }]);
     expect(safetensorsSlicingOf(hf)).toBe('load-time');
     const one = await cfgFor(dir, runYaml({ load: './weights/one', format: 'safetensors', par }));
-    expect(await launchSources(one)).toEqual([{ name: 'model', path: join(dir, 'weights', 'one', 'model.safetensors') }]);
+    expect((await launchSources(one)).map(({ name, path }) => ({ name, path }))).toEqual([{ name: 'model', path: join(dir, 'weights', 'one', 'model.safetensors') }]);
     await writeFile(join(dir, 'weights', 'one', 'extra.safetensors'), await readFile(join(dir, 'weights', 'one', 'model.safetensors')));
     const two = await cfgFor(dir, runYaml({ load: './weights/one', format: 'safetensors', par }));
     await expect(launchSources(two)).rejects.toThrow(/2 \.safetensors files but no param_name_map\.json or \*\.index\.json/);

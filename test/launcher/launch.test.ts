@@ -117,8 +117,7 @@ describe('launch: failures stop every rank', () => {
       nodeDirs: [dir],
       workerNum: 4,
       logDir: join(dir, 'logs'),
-      launchArgs: ['--dst-strategy', './dst.ckpt', '--heartbeat-timeout', '3600'],
-      env: { MSCKPT_TEST_DIE_AFTER_FILES: '2:1' },
+      launchArgs: ['--dst-strategy', './dst.ckpt', '--heartbeat-timeout', '3600', '--test-fault', '2:1:kill'],
     });
     expect(exitCodes(r)).toEqual([1, 1, 'SIGKILL', 1]);
     for (const k of [0, 1, 3]) {
@@ -137,8 +136,7 @@ describe('launch: failures stop every rank', () => {
       workerNum: 4,
       machinePerNode: true,
       logDir: join(dir, 'logs'),
-      launchArgs: ['--dst-strategy', './dst.ckpt', '--shared-disk', '--local-worker-num', '1', '--heartbeat-timeout', '1', '--poll-interval', '100ms'],
-      env: { MSCKPT_TEST_DIE_AFTER_FILES: '0:1' },
+      launchArgs: ['--dst-strategy', './dst.ckpt', '--shared-disk', '--local-worker-num', '1', '--heartbeat-timeout', '1', '--poll-interval', '100ms', '--test-fault', '0:1:kill'],
     });
     expect(exitCodes(r)).toEqual(['SIGKILL', 1, 1, 1]);
     for (const k of [1, 2, 3]) {
@@ -152,8 +150,7 @@ describe('launch: failures stop every rank', () => {
       nodeDirs: [dir],
       workerNum: 4,
       logDir: join(dir, 'logs'),
-      launchArgs: ['--dst-strategy', './dst.ckpt'],
-      env: { MSCKPT_TEST_THROW_AFTER_FILES: '2:1' },
+      launchArgs: ['--dst-strategy', './dst.ckpt', '--test-fault', '2:1:throw'],
     });
     expect(exitCodes(r)).toEqual([1, 1, 1, 1]);
     expect(r.logs[2]).toMatch(/msckpt: injected failure after 1 file\(s\)/);

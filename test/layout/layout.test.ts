@@ -22,7 +22,6 @@ import {
   stagesOfParam,
   tensorStrategy,
   totalDeviceCount,
-  UNSPLIT,
 } from '../../plugin/layout/index.js';
 
 function L(devMatrix: number[], tensorMap: TensorMapEntry[], over: Partial<ParamLayout> = {}): ParamLayout {
@@ -182,12 +181,12 @@ describe('bad layouts and shapes', () => {
 });
 
 describe('no strategy and stages', () => {
-  it('completeLayout / UNSPLIT: one device holds the whole tensor', () => {
-    const l = UNSPLIT(3);
+  it('completeLayout: one device holds the whole tensor', () => {
+    const l = completeLayout(3);
     expect(l).toEqual(completeLayout(3));
     expect(splitCounts(l)).toEqual([1, 1, 1]);
     expect(sliceBox(l, [2, 3, 4], 0)).toEqual({ start: [0, 0, 0], shape: [2, 3, 4] });
-    expect(sliceBox(UNSPLIT(0), [], 0)).toEqual({ start: [], shape: [] });
+    expect(sliceBox(completeLayout(0), [], 0)).toEqual({ start: [], shape: [] });
   });
 
   it('stage functions', () => {

@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,6 +6,7 @@ import type { FloatDType } from '../../plugin/formats/dtype.js';
 import type { ParamLayout } from '../../plugin/formats/strategy/model.js';
 import { sliceBox } from '../../plugin/layout/index.js';
 import { mergeLora } from '../../plugin/lora/index.js';
+import { ckptToSafetensors } from '../../plugin/unify/index.js';
 import {
   int32Tensor,
   layout,
@@ -192,6 +193,37 @@ describe('lora-merge: distributed sources', () => {
     const m = buildModel('Float16', 'mindpet', 6);
     await writeSliced(join(d, 'src'), m.tensors, m.layouts([2]), 2);
     await expect(mergeLora({ src: join(d, 'src'), dstDir: join(d, 'out'), scaling: SCALE })).rejects.toThrow(/--src-ckpt-strategy is required/);
+  });
+});
+
+describe('lora-merge: safetensors sources, the same bytes as from .ckpt', () => {
+  it('a complete safetensors file and distributed safetensors (mp=2 -> complete, and -> mp=2 swapped) equal the .ckpt results bit for bit', async () => {
+    const d = await dir();
+    const m = buildModel('BFloat16', 'peft', 21);
+    const layouts = m.layouts([2]);
+    await writeCkpt(join(d, 'full.ckpt'), m.tensors);
+    await writeSliced(join(d, 'sliced'), m.tensors, layouts, 2);
+    await writeStrategyFile(join(d, 'strategy.ckpt'), layouts);
+    const dstLayouts = layouts.map((l) =>
+      l.name.endsWith('wq.weight') ? layout(l.name, [2], [-1, 0]) : l.name.endsWith('wo.weight') ? layout(l.name, [2], [0, -1]) : l,
+    );
+    await writeStrategyFile(join(d, 'dst.ckpt'), dstLayouts);
+    await ckptToSafetensors(join(d, 'full.ckpt'), join(d, 'full.safetensors'));
+    await ckptToSafetensors(join(d, 'sliced'), join(d, 'sliced-st'));
+    const run = async (src: string, out: string, extra: { srcStrategy?: string; dstStrategy?: string } = {}): Promise<Buffer[]> => {
+      const r = await mergeLora({ src: join(d, src), dstDir: join(d, out), scaling: SCALE, threads: 2, kernelMinWork: 1, chunkBytes: 1024, ...extra });
+      return Promise.all(r.files.map((f) => readFile(f)));
+    };
+    const ref = await run('full.ckpt', 'ref');
+    expectSame(await readCkpt(join(d, 'ref', 'rank_0', 'checkpoint_0.ckpt')), m.expected, m.merged);
+    expect(await run('full.safetensors', 'st')).toEqual(ref);
+    const strat = { srcStrategy: join(d, 'strategy.ckpt') };
+    expect(await run('sliced', 'ck2', strat)).toEqual(ref);
+    expect(await run('sliced-st', 'st2', strat)).toEqual(ref);
+    const sliceRef = await run('sliced', 'ck4', { ...strat, dstStrategy: join(d, 'dst.ckpt') });
+    expect(sliceRef).toHaveLength(2);
+    expect(await run('sliced-st', 'st4', { ...strat, dstStrategy: join(d, 'dst.ckpt') })).toEqual(sliceRef);
+    expect(await run('full.safetensors', 'st5', { dstStrategy: join(d, 'dst.ckpt') })).toEqual(sliceRef);
   });
 });
 

@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { expect, it, describe } from 'vitest';
 import { InputError } from '../../plugin/errors.js';
@@ -145,12 +145,14 @@ describe('msckpt transform / plan / verify / rank-list (CLI)', () => {
       expect(a.exitCode, a.stderr).toBe(0);
       for (let r = 0; r < 4; r++) {
         const cur = join(st, `rank_${r}`, `net_1_${r}.safetensors`);
-        await writeFile(join(st, `rank_${r}`, `net_0_${r + 100}.safetensors`), await readFile(cur));
+        const stale = join(st, `rank_${r}`, `net_0_${r + 100}.safetensors`);
+        await writeFile(stale, await readFile(cur));
+        await utimes(stale, new Date(2020, 0, 1), new Date(2020, 0, 1));
       }
       const out = join(dir, 'out');
       const b = await runCli(['transform', '--src-checkpoint', st, '--src-strategy', s4, '--dst-checkpoint-dir', out, '--process-num', '2', '--crc']);
       expect(b.exitCode, b.stderr).toBe(0);
-      expect(b.stderr).toMatch(/rank_0: 2 \.safetensors files, using net_1_0\.safetensors \(largest epoch\/step/);
+      expect(b.stderr).toMatch(/rank_0: 2 \.safetensors files, using net_1_0\.safetensors \(newest by modification time/);
       expect(await readdir(join(out, 'rank_0'))).toEqual(['checkpoint_0.safetensors']);
       const raw = await readFile(join(out, 'rank_0', 'checkpoint_0.safetensors'));
       const header = JSON.parse(raw.subarray(8, 8 + Number(raw.readBigUInt64LE(0))).toString('utf8')) as { __metadata__: Record<string, string> };

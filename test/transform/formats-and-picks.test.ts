@@ -1,15 +1,15 @@
 /**
  * Transform across formats: the output format defaults to the source's, --crc for both formats,
- * MindSpore's per-rank file choice (safetensors: largest (epoch, step); .ckpt: last in name
- * order; newest by mtime), unified / HF-index folders as complete sources, and manifest CRCs
- * computed while writing that equal a read-back.
+ * the per-rank file choice (newest by mtime, or by (epoch, step) with pick 'name'), unified /
+ * HF-index folders as complete sources, and manifest CRCs computed while writing that equal a
+ * read-back.
  */
 import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AtomicFile, crc32Combine, expectAtomicCrc32, takeAtomicCrc32 } from '../../plugin/formats/atomic.js';
+import { AtomicFile, crc32Combine } from '../../plugin/formats/atomic.js';
 import { openCheckpoint } from '../../plugin/formats/ckpt/index.js';
 import { copyBox, fullBox } from '../../plugin/formats/box.js';
 import { elementSize } from '../../plugin/formats/dtype.js';
@@ -153,42 +153,55 @@ describe('complete sources held in folders', () => {
   });
 });
 
-describe("which file of a rank_N folder holding several (MindSpore's rules), always announced", () => {
-  it('safetensors: largest trailing (epoch, step); ckpt: last in name order; newest by mtime', async () => {
-    const st = join(dir, 'pick-st');
-    const ck = join(dir, 'pick-ck');
+describe('which file of a rank_N folder holding several: one rule (newest, then epoch/step, then name), always announced', () => {
+  /** rank folders where `right` holds the slices and every other name holds wrong bytes; `newest` gets the latest mtime. */
+  async function tree(root: string, names: string[], right: string, newest: string, ext: 'safetensors' | 'ckpt'): Promise<void> {
     for (let r = 0; r < 2; r++) {
-      const right = full.map((t) => sliceOf(t, r));
-      const wrong = right.map((t) => ({ ...t, data: new Uint8Array(t.data.byteLength).fill(7) }));
-      // name order would pick net_2_5 (wrong); epoch 10 is the latest
-      await writeSt(join(st, `rank_${r}`, 'net_1_10.safetensors'), wrong);
-      await writeSt(join(st, `rank_${r}`, 'net_2_5.safetensors'), wrong);
-      await writeSt(join(st, `rank_${r}`, 'net_10_1.safetensors'), right);
-      // ckpt: last in file-name order: net_9.ckpt (after net_10.ckpt)
-      await writeCkpt(join(ck, `rank_${r}`, 'net_10.ckpt'), wrong);
-      await writeCkpt(join(ck, `rank_${r}`, 'net_9.ckpt'), right);
+      const good = full.map((t) => sliceOf(t, r));
+      const bad = good.map((t) => ({ ...t, data: new Uint8Array(t.data.byteLength).fill(7) }));
+      for (const [i, n] of names.entries()) {
+        const p = join(root, `rank_${r}`, `${n}.${ext}`);
+        if (ext === 'safetensors') await writeSt(p, n === right ? good : bad);
+        else await writeCkpt(p, n === right ? good : bad);
+        const t = new Date(Date.UTC(2024, 0, 1, 0, 0, n === newest ? 59 : i));
+        await utimes(p, t, t);
+      }
     }
+  }
+  /** The merged output (one complete file) equals the full tensors. */
+  async function expectRight(out: string, ext: string): Promise<void> {
+    const f = await openWeights(join(out, 'rank_0', `checkpoint_0.${ext}`));
+    const got = await readAll(f);
+    await f.close();
+    for (const t of full) expect(Buffer.from(got.get(t.name) as Uint8Array).equals(Buffer.from(t.data)), `${out} ${t.name}`).toBe(true);
+  }
+
+  it('default: the newest file counts, whatever its name says (safetensors and ckpt)', async () => {
+    // by name (epoch, step) net_10_1 would win; by name order net_2_5; the newest is net_1_10
+    const st = join(dir, 'pick-newest-st');
+    await tree(st, ['net_1_10', 'net_2_5', 'net_10_1'], 'net_1_10', 'net_1_10', 'safetensors');
     const notices: string[] = [];
-    await transformCheckpoints({ srcCheckpoint: st, srcStrategy: strat, dstDir: join(dir, 'pick-st-out'), progress: false, onNotice: (m) => notices.push(m) });
-    expect(notices.join('\n')).toMatch(/rank_0: 3 \.safetensors files, using net_10_1\.safetensors \(largest epoch\/step/);
-    let f = await openWeights(join(dir, 'pick-st-out', 'rank_0', 'checkpoint_0.safetensors'));
-    let got = await readAll(f);
-    await f.close();
-    for (const t of full) expect(Buffer.from(got.get(t.name) as Uint8Array).equals(Buffer.from(t.data)), t.name).toBe(true);
+    await transformCheckpoints({ srcCheckpoint: st, srcStrategy: strat, dstDir: join(dir, 'pick-newest-st-out'), progress: false, onNotice: (m) => notices.push(m) });
+    expect(notices.join('\n')).toMatch(/rank_0: 3 \.safetensors files, using net_1_10\.safetensors \(newest by modification time/);
+    await expectRight(join(dir, 'pick-newest-st-out'), 'safetensors');
 
-    notices.length = 0;
-    const rep = await transformCheckpoints({ srcCheckpoint: ck, srcStrategy: strat, dstDir: join(dir, 'pick-ck-out'), progress: false, onNotice: (m) => notices.push(m) });
-    expect(rep.notices.join('\n')).toMatch(/rank_1: 2 \.ckpt files, using net_9\.ckpt \(last in file-name order/);
-    f = await openWeights(join(dir, 'pick-ck-out', 'rank_0', 'checkpoint_0.ckpt'));
-    got = await readAll(f);
-    await f.close();
-    for (const t of full) expect(Buffer.from(got.get(t.name) as Uint8Array).equals(Buffer.from(t.data)), t.name).toBe(true);
+    const ck = join(dir, 'pick-newest-ck');
+    await tree(ck, ['net_10', 'net_9'], 'net_10', 'net_10', 'ckpt');
+    const rep = await transformCheckpoints({ srcCheckpoint: ck, srcStrategy: strat, dstDir: join(dir, 'pick-newest-ck-out'), progress: false });
+    expect(rep.notices.join('\n')).toMatch(/rank_1: 2 \.ckpt files, using net_10\.ckpt \(newest/);
+    await expectRight(join(dir, 'pick-newest-ck-out'), 'ckpt');
+  });
 
-    // newest: make net_10.ckpt the newest -> it is used (and announced)
-    for (let r = 0; r < 2; r++) await utimes(join(ck, `rank_${r}`, 'net_10.ckpt'), new Date(), new Date(Date.now() + 60_000));
-    const picked = await findSourceFiles(ck, 'newest');
-    expect(picked.files.map((x) => x.path.split('/').pop())).toEqual(['net_10.ckpt', 'net_10.ckpt']);
-    expect(picked.notices[0]).toMatch(/newest by modification time/);
+  it("pick 'name': the largest (epoch, step), then name order (MindSpore's transform_checkpoints)", async () => {
+    // the newest is net_2_5 (wrong), name order's last is net_2_5 too; epoch 10 is the largest
+    const st = join(dir, 'pick-name-st');
+    await tree(st, ['net_1_10', 'net_2_5', 'net_10_1'], 'net_10_1', 'net_2_5', 'safetensors');
+    const rep = await transformCheckpoints({ srcCheckpoint: st, srcStrategy: strat, dstDir: join(dir, 'pick-name-st-out'), pick: 'name', progress: false });
+    expect(rep.notices.join('\n')).toMatch(/rank_0: 3 \.safetensors files, using net_10_1\.safetensors \(largest epoch\/step/);
+    await expectRight(join(dir, 'pick-name-st-out'), 'safetensors');
+    // the same tree under the default rule takes the newest, and its wrong bytes show
+    await transformCheckpoints({ srcCheckpoint: st, srcStrategy: strat, dstDir: join(dir, 'pick-name-st-default'), progress: false });
+    await expect(expectRight(join(dir, 'pick-name-st-default'), 'safetensors')).rejects.toThrow();
   });
 
   it('folders holding both formats: safetensors by default (announced), ckpt on request', async () => {
@@ -200,7 +213,7 @@ describe("which file of a rank_N folder holding several (MindSpore's rules), alw
     const a = await findSourceFiles(mixed);
     expect(a.format).toBe('safetensors');
     expect(a.notices.join('\n')).toMatch(/both \.ckpt and \.safetensors/);
-    const b = await findSourceFiles(mixed, 'last', 'ckpt');
+    const b = await findSourceFiles(mixed, undefined, 'ckpt');
     expect(b.format).toBe('ckpt');
     expect(b.files.every((x) => x.path.endsWith('.ckpt'))).toBe(true);
   });
@@ -230,26 +243,26 @@ describe('CRC-32 while writing (AtomicFile)', () => {
     expect(crc32Combine(g1, g4, 4 * 1024 ** 3)).toBe(five);
   });
 
-  it('header written last at 0 tiles with the data; overwritten bytes fall back (undefined)', async () => {
+  it('header written last at 0 tiles with the data; overwritten bytes fall back (null); untracked files report no CRC', async () => {
     await withTempDir(async (d) => {
       const p = join(d, 'x.bin');
-      expectAtomicCrc32(p);
-      const f = await AtomicFile.create(p);
+      const f = await AtomicFile.create(p, { crc32: true });
       await f.writeAt(Buffer.from('DATA-DATA'), 4);
       await f.writeAt(Buffer.from('MORE'), 13);
       await f.writeAt(Buffer.from('HEAD'), 0);
-      await f.commit();
-      const got = takeAtomicCrc32(p);
+      const got = await f.commit();
       expect(got).toEqual(await fileCrc32Of(p));
-      expect(got?.size).toBe(17);
+      expect(got.size).toBe(17);
 
       const q = join(d, 'y.bin');
-      expectAtomicCrc32(q);
-      const g = await AtomicFile.create(q);
+      const g = await AtomicFile.create(q, { crc32: true });
       await g.write(Buffer.from('abcdef'));
       await g.writeAt(Buffer.from('XY'), 2);
-      await g.commit();
-      expect(takeAtomicCrc32(q)).toBeUndefined();
+      expect(await g.commit()).toEqual({ size: 6, crc32: null });
+
+      const u = await AtomicFile.create(join(d, 'z.bin'));
+      await u.write(Buffer.from('abc'));
+      expect(await u.commit()).toEqual({ size: 3, crc32: null });
     });
   });
 });

@@ -144,6 +144,48 @@ describe('executeRankPlanGroup', () => {
     expect(grp.counted.reads.get('s')).toBe(4);
   });
 
+  it('the band hook sees every band of every rank (its box in full-tensor coordinates) and what it changes is written', async () => {
+    const { plan, data, counted } = setup();
+    const rps = [0, 1, 2, 3].map((r) => planRank(plan, r));
+    const sinks = rps.map(() => memSink());
+    const seen: Array<{ lane: number; tensor: string; start: number[]; shape: number[] }> = [];
+    await executeRankPlanGroup(rps, createTransformSourcePool(async () => counted.source), sinks, new TransformBuffers({ band: 300, scratch: 1024 }), {
+      onBand: (b) => {
+        seen.push({ lane: b.lane, tensor: b.tensor, start: [...b.box.start], shape: [...b.box.shape] });
+        if (b.dtype === 'Float32' && b.box.shape.length === 2) {
+          // the band's bytes are the full tensor's at its box
+          const [r0, c0] = b.box.start as [number, number];
+          const [rows, cols] = b.box.shape as [number, number];
+          const full = data.get(b.tensor)!;
+          const width = FULL[b.tensor]![1]!;
+          for (let i = 0; i < rows; i++) {
+            const want = full.subarray(((r0 + i) * width + c0) * 4, ((r0 + i) * width + c0 + cols) * 4);
+            expect(Buffer.from(b.bytes.subarray(i * cols * 4, (i + 1) * cols * 4)).equals(Buffer.from(want)), `${b.tensor} lane ${b.lane}`).toBe(true);
+          }
+          b.bytes.fill(0xab);
+        }
+      },
+    });
+    for (let k = 0; k < 4; k++) {
+      // every byte of every 2-d Float32 tensor went through the hook, which changed it
+      for (const n of Object.keys(FULL)) expect(sinks[k]!.out.get(n)!.every((x) => x === 0xab), `${n} rank ${k}`).toBe(true);
+      // the bands of a rank tile its slice: rows in order, each band the slice's width
+      for (const n of Object.keys(FULL)) {
+        const t = rps[k]!.tensors.find((x) => x.name === n)!;
+        const bands = seen.filter((x) => x.lane === k && x.tensor === n);
+        let row = t.start[0]!;
+        for (const b of bands) {
+          expect(b.start).toEqual([row, t.start[1]]);
+          expect(b.shape[1]).toBe(t.shape[1]);
+          row += b.shape[0]!;
+        }
+        expect(row).toBe(t.start[0]! + t.shape[0]!);
+      }
+      // the verbatim scalar is seen as one band of the whole (empty) box
+      expect(seen.filter((x) => x.lane === k && x.tensor === 's')).toEqual([{ lane: k, tensor: 's', start: [], shape: [] }]);
+    }
+  });
+
   it('groups only plans listing the same tensors of the same stage', () => {
     const { plan } = setup();
     const a = planRank(plan, 0);

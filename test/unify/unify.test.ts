@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -62,6 +62,7 @@ async function buildModel(root: string): Promise<string> {
   const old = join(root, 'src', 'rank_0', 'net_rank_0-1_99.safetensors');
   const sink = await createSafetensorsSink(old, [entryOf(tensor('stale', 'Int8', [1]))]);
   await writeAll(sink, [tensor('stale', 'Int8', [1])]);
+  await utimes(old, new Date(2020, 0, 1), new Date(2020, 0, 1));
   return strategyPath;
 }
 
@@ -104,7 +105,7 @@ describe('unify (unified_safetensors)', () => {
     const r = await unifySafetensors({ srcDir: join(dir, 'src'), srcStrategy: strategy, dstDir: out, partSize: 2048, memory: 100, processes: 2, onNotice: (m) => notices.push(m) });
     expect(r.ranks).toBe(8);
     expect(r.parts.length).toBeGreaterThan(2);
-    expect(notices.join('\n')).toMatch(/rank_0: 2 weight files, using net_rank_0-2_10\.safetensors/);
+    expect(notices.join('\n')).toMatch(/rank_0: 2 \.safetensors files, using net_rank_0-2_10\.safetensors \(newest/);
     await checkUnified(out, 2048);
   });
 

@@ -6,9 +6,9 @@
  * the hook every rank msrun starts runs; `{config}` in the command becomes the YAML to read.
  * Durations: a bare number is seconds (`500ms`, `2s`, `10m`, `1h`); sizes: K/M/G binary.
  */
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { releaseOf } from '../../launcher/config.js';
-import { launch } from '../../launcher/launch.js';
+import { launch, type LaunchFaults } from '../../launcher/launch.js';
 import { InputError, UsageError } from '../../errors.js';
 import { invocation } from '../args.js';
 import { choiceFlag, durationFlag, intFlag, MAX_PROCESSES, sizeFlag } from '../flags.js';
@@ -27,6 +27,15 @@ interface LaunchFlags {
   memory?: string;
   safetensorsSlicing?: string;
   mindformersVersion?: string;
+  testFault?: string;
+}
+
+/** `--test-fault RANK:FILES:throw|kill` (hidden, for tests): that converter rank fails after FILES files. */
+function testFault(v: string | undefined): LaunchFaults | undefined {
+  if (v === undefined) return undefined;
+  const m = /^(\d+):(\d+):(throw|kill)$/.exec(v.trim());
+  if (m === null) throw new InputError(`--test-fault must be RANK:FILES:throw|kill, got '${v}'`);
+  return { rank: Number(m[1]), afterFiles: Number(m[2]), action: m[3] as 'throw' | 'kill' };
 }
 
 export function register(program: Command): void {
@@ -45,6 +54,7 @@ export function register(program: Command): void {
     .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (K/M/G: powers of 1024; default 512M)')
     .option('--safetensors-slicing <mode>', 'load_ckpt_format safetensors with complete weights: convert (slice per rank now) or load-time (leave unified for mindformers)')
     .option('--mindformers-version <version>', "the installed mindformers release whose rules apply, e.g. 1.5.0 (default: the YAML's msckpt.mindformers_version, else found from the training command's Python)")
+    .addOption(new Option('--test-fault <rank:files:action>', 'tests only: that converter rank throws or is killed after that many files').hideHelp())
     .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
     .action(async (command: string[], flags: LaunchFlags) => {
       if (!invocation().doubleDash) {
@@ -61,10 +71,12 @@ export function register(program: Command): void {
       if (version !== undefined && releaseOf(version) === undefined) {
         throw new InputError(`--mindformers-version must be a version such as 1.5.0, got '${version}'`);
       }
+      const faults = testFault(flags.testFault);
       const code = await launch({
         ...(version !== undefined ? { mindformersVersion: version } : {}),
         config: flags.config,
         command,
+        ...(faults !== undefined ? { faults } : {}),
         ...(flags.dstStrategy !== undefined ? { dstStrategy: flags.dstStrategy } : {}),
         ...(barrier !== undefined ? { barrierTimeoutMs: barrier } : {}),
         ...(heartbeat !== undefined ? { heartbeatTimeoutMs: heartbeat } : {}),

@@ -1,8 +1,7 @@
 /** `msckpt plan`: the dry run of a transform: per destination rank its sources, bytes and memory. */
 import type { Command } from 'commander';
 import { UsageError } from '../../errors.js';
-import { planRank } from '../../plan/build.js';
-import { loadPlan } from '../../plan/load.js';
+import { loadPlan, planCore, planRank } from '../../plan/index.js';
 import { formatBytes } from '../progress.js';
 import { addTransformFlags, coverageNote, resolveTransformRequest, type TransformFlags } from '../transform-args.js';
 
@@ -43,7 +42,8 @@ export function register(program: Command): void {
       const plan = loaded.plan;
       if (flags.json === true) {
         // streamed: one rank's operations at a time
-        const { ranks: summaries, ...head } = plan;
+        // the sources' indexes stand as their sha256 (the plan file keeps them apart, too)
+        const { ranks: summaries, ...head } = { ...planCore(plan), fingerprint: plan.fingerprint };
         await write(`{"kind":"plan","notices":${JSON.stringify(notices)},${JSON.stringify(head).slice(1, -1)},"ranks":[`);
         for (let i = 0; i < summaries.length; i++) {
           const rp = planRank(plan, (summaries[i] as { rank: number }).rank);

@@ -6,7 +6,8 @@
 import type { Command } from 'commander';
 import { InputError, UsageError } from '../../errors.js';
 import type { Strategy } from '../../formats/strategy/model.js';
-import { loadPlan, loadStrategy } from '../../plan/load.js';
+import { loadStrategy } from '../../formats/strategy/load.js';
+import { loadPlan } from '../../plan/load.js';
 import { rankListForTransform } from '../../plan/ranklist.js';
 import { addTransformFlags, resolveTransformRequest, type TransformFlags } from '../transform-args.js';
 

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { transformCheckpoints, type TransformReport } from '../../transform/index.js';
-import { formatBytes } from '../progress.js';
+import { createProgress, formatBytes } from '../progress.js';
 import { addTransformFlags, coverageNote, resolveTransformRequest, type TransformFlags } from '../transform-args.js';
 
 export const order = 20;
@@ -40,8 +40,7 @@ export function register(program: Command): void {
           ...(req.outputFormat !== undefined ? { outputFormat: req.outputFormat } : {}),
           ...(req.srcFormat !== undefined ? { srcFormat: req.srcFormat } : {}),
           ...(req.crc ? { crc: true } : {}),
-          progress: !json,
-          child: flags.child === true,
+          progress: json ? false : (total: number) => createProgress(total, true),
           ...(req.worldSize !== undefined ? { worldSize: req.worldSize } : {}),
           ...(req.ranks !== undefined ? { ranks: req.ranks } : {}),
           ...(req.pick !== undefined ? { pick: req.pick } : {}),

@@ -1,6 +1,7 @@
 /** MindSpore `.ckpt` checkpoints: streaming reader, byte-exact streaming writer, rewrite. */
 export {
   openCheckpoint,
+  openCheckpointIndexed,
   encryptionModeOf,
   type CheckpointSource,
   type CheckpointEntry,

@@ -440,6 +440,21 @@ export async function openCheckpoint(path: string, opts: OpenCheckpointOptions =
   }
 }
 
+/**
+ * Open a `.ckpt` whose entries (with their chunks' file offsets) are already known, reading no
+ * header: the index of `indexWeights`. The caller checks that the file is unchanged.
+ */
+export async function openCheckpointIndexed(path: string, entries: readonly CheckpointEntry[], bodyBytes: number): Promise<CheckpointSource> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, 'r');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new InputError(code === 'ENOENT' ? 'no such file' : `cannot open (${code ?? String(err)})`, { file: path });
+  }
+  return new CkptSource(path, fh, entries, null, bodyBytes);
+}
+
 async function crcOfRange(fh: FileHandle, start: number, end: number, file: string): Promise<number> {
   const buf = Buffer.allocUnsafe(Math.min(8 << 20, Math.max(end - start, 1)));
   let c = 0;

@@ -9,7 +9,7 @@ import { FailureError, InputError } from '../../errors.js';
 import { AtomicFile } from '../atomic.js';
 import { copyEntry, COPY_PIECE } from '../copy.js';
 import { byteLength as dtypeByteLength, dtypeInfo } from '../dtype.js';
-import type { SinkTensor, TensorSink } from '../types.js';
+import type { SinkCommit, SinkTensor, TensorSink } from '../types.js';
 import { openCheckpoint, type CheckpointSource } from './reader.js';
 import {
   MAX_DIMS,
@@ -26,6 +26,8 @@ import {
 export interface CheckpointSinkOptions {
   /** Append the `crc_num` trailer (CRC-32 of the body), as `crc_check=True` does. */
   crc?: boolean;
+  /** Compute the CRC-32 of the whole file while writing it (reported by `close()`). */
+  fileCrc32?: boolean;
 }
 
 const STAGING = 1 << 20;
@@ -175,7 +177,7 @@ class CkptSink implements TensorSink {
     this.current = null;
   }
 
-  async close(): Promise<void> {
+  async close(): Promise<SinkCommit> {
     this.requireOpen();
     if (this.current !== null) {
       throw new FailureError(`close while '${this.current.tensor.name}' is still open`, { file: this.path });
@@ -183,8 +185,9 @@ class CkptSink implements TensorSink {
     try {
       await this.flush();
       if (this.withCrc) await this.file.write(encodeCrcTrailer(this.crc));
-      await this.file.commit();
+      const c = await this.file.commit();
       this.state = 'closed';
+      return { path: this.path, ...c };
     } catch (err) {
       await this.abort();
       throw err;
@@ -201,7 +204,7 @@ class CkptSink implements TensorSink {
 
 /** A TensorSink writing a MindSpore `.ckpt` at `path` (temporary name until `close()`). */
 export async function createCheckpointSink(path: string, opts: CheckpointSinkOptions = {}): Promise<TensorSink> {
-  const file = await AtomicFile.create(path);
+  const file = await AtomicFile.create(path, { crc32: opts.fileCrc32 === true });
   return new CkptSink(file, opts.crc === true);
 }
 

@@ -204,6 +204,54 @@ export async function openSafetensorsFile(path: string): Promise<SafetensorsSour
   }
 }
 
+/** An entry of a safetensors source known from an index: its file and absolute offset, or its bytes (metadata-held). */
+export type IndexedSafetensorsEntry =
+  | { readonly entry: TensorEntry; readonly file: number; readonly offset: number }
+  | { readonly entry: TensorEntry; readonly bytes: Uint8Array };
+
+/**
+ * Open safetensors weights whose entries and offsets are already known, reading no header: the
+ * index of `indexWeights`. `files[i]` holds the entries whose `file` is i. The caller checks that
+ * the files are unchanged.
+ */
+export async function openSafetensorsIndexed(path: string, files: readonly string[], entries: readonly IndexedSafetensorsEntry[]): Promise<SafetensorsSource> {
+  const perFile: Located[][] = files.map(() => []);
+  const inline: Located[] = [];
+  for (const e of entries) {
+    if ('bytes' in e) inline.push({ entry: e.entry, offset: -1, bytes: e.bytes });
+    else {
+      const list = perFile[e.file];
+      if (list === undefined) throw new FailureError(`index names file ${e.file} of ${files.length}`, { file: path, tensor: e.entry.name });
+      list.push({ entry: e.entry, offset: e.offset });
+    }
+  }
+  // metadata-held entries are served by the first file's source
+  (perFile[0] ?? (perFile[0] = [])).push(...inline);
+  const opened: SafetensorsSource[] = [];
+  try {
+    for (let i = 0; i < files.length; i++) {
+      const f = files[i] as string;
+      let handle: FileHandle;
+      try {
+        handle = await open(f, 'r');
+      } catch (err) {
+        throw new InputError(`cannot open: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { file: f });
+      }
+      opened.push(new FileSource(f, handle, perFile[i] as Located[], {}, {}));
+    }
+    if (opened.length === 1) return opened[0] as SafetensorsSource;
+    const owner = new Map<string, SafetensorsSource>();
+    perFile.forEach((list, i) => {
+      for (const l of list) owner.set(l.entry.name, opened[i] as SafetensorsSource);
+    });
+    const order = entries.map((e): [string, SafetensorsSource] => [e.entry.name, owner.get(e.entry.name) as SafetensorsSource]);
+    return new MultiSource(path, 'index', opened, order, {});
+  } catch (err) {
+    for (const s of opened) await s.close().catch(() => undefined);
+    throw err;
+  }
+}
+
 /** A source over several files, each entry served by the file the map names. */
 class MultiSource implements SafetensorsSource {
   private readonly list: readonly TensorEntry[];

@@ -21,6 +21,8 @@ export interface ShardedSafetensorsOptions extends SafetensorsSinkOptions {
   shardName?: (i: number, n: number) => string;
   /** Extra index metadata besides `total_size`. */
   indexMetadata?: Record<string, unknown>;
+  /** With no tensors at all, write no shard file (only the index); default: one empty shard. */
+  noEmptyShard?: boolean;
 }
 
 export interface ShardedSafetensorsResult {
@@ -62,42 +64,95 @@ export function planShards(tensors: readonly SinkTensor[], maxShardSize: number)
 /** A TensorSink over several shard files; the index is written on close, after every shard. */
 export interface ShardedSafetensorsSink extends TensorSink {
   readonly result: ShardedSafetensorsResult;
+  /** The tensors of each shard, in layout order. */
+  readonly shards: readonly (readonly SinkTensor[])[];
+  /**
+   * A sink for shard `i` alone (its tensors in any order), so that shards can be written
+   * concurrently; `close()` of the sharded sink then writes the index.
+   */
+  shard(i: number): TensorSink;
+}
+
+/** One shard file, created on its first tensor and closed after its last. */
+class ShardWriter implements TensorSink {
+  private sink: TensorSink | null = null;
+  private remaining: number;
+  private done = false;
+  constructor(
+    readonly path: string,
+    private readonly tensors: readonly SinkTensor[],
+    private readonly fileOpts: SafetensorsSinkOptions,
+  ) {
+    this.remaining = tensors.length;
+  }
+
+  private async open(): Promise<TensorSink> {
+    if (this.sink === null) this.sink = await createSafetensorsSink(this.path, this.tensors, this.fileOpts);
+    return this.sink;
+  }
+
+  async beginTensor(tensor: SinkTensor): Promise<void> {
+    if (this.done) throw new FailureError('shard already complete', { file: this.path, tensor: tensor.name });
+    await (await this.open()).beginTensor(tensor);
+  }
+
+  async write(piece: Uint8Array): Promise<void> {
+    if (this.sink === null) throw new FailureError('write outside beginTensor/endTensor', { file: this.path });
+    await this.sink.write(piece);
+  }
+
+  async endTensor(): Promise<void> {
+    if (this.sink === null) throw new FailureError('endTensor without beginTensor', { file: this.path });
+    await this.sink.endTensor();
+    if (--this.remaining === 0) await this.finish();
+  }
+
+  /** Close the shard file (a shard declared empty is created here). */
+  async finish(): Promise<void> {
+    if (this.done) return;
+    if (this.remaining !== 0) throw new FailureError(`${this.remaining} declared tensors never written`, { file: this.path });
+    await (await this.open()).close();
+    this.done = true;
+  }
+
+  /** Nothing to do: the shard closes after its last tensor; the sharded sink checks completeness. */
+  async close(): Promise<void> {}
+
+  async abort(): Promise<void> {
+    this.done = true;
+    if (this.sink !== null) await this.sink.abort().catch(() => undefined);
+  }
 }
 
 class ShardedSink implements ShardedSafetensorsSink {
-  private readonly open = new Map<number, TensorSink>();
-  private readonly remaining: number[];
-  private current: TensorSink | null = null;
-  private currentShard = -1;
+  private readonly writers: ShardWriter[];
+  private current: ShardWriter | null = null;
   private closed = false;
 
   constructor(
     readonly path: string,
-    private readonly dir: string,
-    private readonly groups: SinkTensor[][],
-    private readonly names: string[],
+    dir: string,
+    readonly shards: SinkTensor[][],
+    names: string[],
     private readonly shardOf: Map<string, number>,
-    private readonly opts: ShardedSafetensorsOptions,
+    opts: ShardedSafetensorsOptions,
     readonly result: ShardedSafetensorsResult,
+    private readonly indexMetadata: Record<string, unknown>,
   ) {
-    this.remaining = groups.map((g) => g.length);
+    const { maxShardSize: _m, indexName: _i, shardName: _s, indexMetadata: _x, noEmptyShard: _n, ...fileOpts } = opts;
+    this.writers = shards.map((g, i) => new ShardWriter(join(dir, names[i] as string), g, fileOpts));
   }
 
-  private async shardSink(i: number): Promise<TensorSink> {
-    let s = this.open.get(i);
-    if (s === undefined) {
-      const { maxShardSize: _m, indexName: _i, shardName: _s, indexMetadata: _x, ...fileOpts } = this.opts;
-      s = await createSafetensorsSink(join(this.dir, this.names[i] as string), this.groups[i] as SinkTensor[], fileOpts);
-      this.open.set(i, s);
-    }
-    return s;
+  shard(i: number): TensorSink {
+    const w = this.writers[i];
+    if (w === undefined) throw new FailureError(`no shard ${i} (${this.writers.length} shards)`, { file: this.path });
+    return w;
   }
 
   async beginTensor(tensor: SinkTensor): Promise<void> {
     const i = this.shardOf.get(tensor.name);
     if (i === undefined) throw new FailureError('tensor was not declared when the shards were planned', { file: this.path, tensor: tensor.name });
-    this.current = await this.shardSink(i);
-    this.currentShard = i;
+    this.current = this.writers[i] as ShardWriter;
     await this.current.beginTensor(tensor);
   }
 
@@ -109,12 +164,6 @@ class ShardedSink implements ShardedSafetensorsSink {
   async endTensor(): Promise<void> {
     if (this.current === null) throw new FailureError('endTensor without beginTensor', { file: this.path });
     await this.current.endTensor();
-    const i = this.currentShard;
-    this.remaining[i] = (this.remaining[i] as number) - 1;
-    if (this.remaining[i] === 0) {
-      await this.current.close();
-      this.open.delete(i);
-    }
     this.current = null;
   }
 
@@ -122,12 +171,8 @@ class ShardedSink implements ShardedSafetensorsSink {
     if (this.closed) return;
     this.closed = true;
     try {
-      // Shards of only empty-declared groups (e.g. no tensors at all) are created here.
-      for (let i = 0; i < this.groups.length; i++) {
-        if (this.remaining[i] !== 0) throw new FailureError(`${this.remaining[i]} declared tensors of shard ${this.names[i]} never written`, { file: this.path });
-        if ((this.groups[i] as SinkTensor[]).length === 0) await (await this.shardSink(i)).close();
-      }
-      const index = { metadata: { ...(this.opts.indexMetadata ?? {}), total_size: this.result.totalSize }, weight_map: this.result.weightMap };
+      for (const w of this.writers) await w.finish();
+      const index = { metadata: { ...this.indexMetadata, total_size: this.result.totalSize }, weight_map: this.result.weightMap };
       await writeFileAtomic(this.result.index, `${JSON.stringify(index, null, 2)}\n`);
     } catch (err) {
       await this.abort();
@@ -137,8 +182,7 @@ class ShardedSink implements ShardedSafetensorsSink {
 
   async abort(): Promise<void> {
     this.closed = true;
-    for (const s of this.open.values()) await s.abort().catch(() => undefined);
-    this.open.clear();
+    for (const w of this.writers) await w.abort();
   }
 }
 
@@ -153,7 +197,7 @@ export async function createShardedSafetensorsSink(
   opts: ShardedSafetensorsOptions,
 ): Promise<ShardedSafetensorsSink> {
   const layout = opts.sortKeys === true ? sortNames(tensors.map((t) => t.name)).map((n) => tensors.find((t) => t.name === n) as SinkTensor) : [...tensors];
-  const groups = planShards(layout, opts.maxShardSize);
+  const groups = tensors.length === 0 && opts.noEmptyShard === true ? [] : planShards(layout, opts.maxShardSize);
   const nameOf = opts.shardName ?? hfShardName;
   const names = groups.map((_, i) => nameOf(i, groups.length));
   const shardOf = new Map<string, number>();
@@ -170,7 +214,7 @@ export async function createShardedSafetensorsSink(
   for (const t of tensors) weightMap[t.name] = names[shardOf.get(t.name) as number] as string;
   const index = join(dir, opts.indexName ?? 'model.safetensors.index.json');
   const result: ShardedSafetensorsResult = { index, shards: names.map((n) => join(dir, n)), totalSize: total, weightMap };
-  return new ShardedSink(index, dir, groups, names, shardOf, opts, result);
+  return new ShardedSink(index, dir, groups, names, shardOf, opts, result, opts.indexMetadata ?? {});
 }
 
 /**

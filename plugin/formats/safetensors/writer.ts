@@ -10,7 +10,7 @@ import { crc32 } from 'node:zlib';
 import { FailureError, InputError } from '../../errors.js';
 import { AtomicFile } from '../atomic.js';
 import { byteLength as dtypeByteLength, safetensorsName } from '../dtype.js';
-import type { SinkTensor, TensorSink } from '../types.js';
+import type { SinkCommit, SinkTensor, TensorSink } from '../types.js';
 import { SAFETENSORS_MAX_HEADER } from './header.js';
 import { ckptMetaValue, encodeStrEntry, MS_CKPT, MS_ORDER, strEntryReserve } from './meta.js';
 
@@ -28,6 +28,8 @@ export interface SafetensorsSinkOptions {
   recordOrder?: boolean;
   /** Store `.ckpt` hints of entries as `ms_ckpt:<name>` metadata (default true). */
   keepCkptHints?: boolean;
+  /** Compute the CRC-32 of the whole file while writing it (reported by `close()`). */
+  fileCrc32?: boolean;
 }
 
 /** Most bytes of `str` entries a file may carry in its metadata. */
@@ -119,7 +121,7 @@ class SafetensorsSink implements TensorSink {
     if (s.begin >= 0 && this.crcStreaming) this.crcNext++;
   }
 
-  async close(): Promise<void> {
+  async close(): Promise<SinkCommit | void> {
     if (this.closed) return;
     try {
       if (this.current !== null) throw new FailureError('close during a tensor', { file: this.path, tensor: this.current.t.name });
@@ -136,7 +138,8 @@ class SafetensorsSink implements TensorSink {
       await this.file.writeAt(header, 0);
       // A file whose last tensors are empty still ends at the data area's end: nothing to pad.
       this.closed = true;
-      await this.file.commit();
+      const c = await this.file.commit();
+      return { path: this.path, ...c };
     } catch (err) {
       this.closed = true;
       await this.file.abort();
@@ -261,6 +264,6 @@ export async function createSafetensorsSink(
     const exact = Buffer.byteLength(buildHeader(undefined), 'utf8');
     room = exact + ((8 - ((8 + exact) % 8)) % 8);
   }
-  const file = await AtomicFile.create(path);
+  const file = await AtomicFile.create(path, { crc32: opts.fileCrc32 === true });
   return new SafetensorsSink(path, file, slots, crcOrder, 8 + room, room, buildHeader, opts.crc === true);
 }

@@ -23,3 +23,4 @@ export {
   listStrategyInputs,
   mergeStrategies,
 } from './merge.js';
+export { loadStrategy, type LoadedStrategy } from './load.js';

@@ -7,7 +7,7 @@ import { InputError } from '../../errors.js';
 import type { JobPaths } from '../paths.js';
 import type { ReleaseChoice } from './releases.js';
 
-export type LoadCkptFormat = 'ckpt' | 'safetensors';
+import type { WeightsFormat } from '../../formats/resolve.js';
 export type ParallelModeName =
   | 'data_parallel'
   | 'semi_auto_parallel'
@@ -119,7 +119,7 @@ export interface RunConfig {
   transformByRank: boolean;
   useParallel: boolean;
   /** The format mindformers loads (always 'ckpt' for releases that do not read the key). */
-  loadCkptFormat: LoadCkptFormat;
+  loadCkptFormat: WeightsFormat;
   resumeTraining: boolean | string;
   removeRedundancy: boolean;
   /** As written; undefined when absent (mindformers then uses env DEVICE_NUM_PER_NODE or 8). */
