@@ -62,7 +62,7 @@ describe('unknown, ambiguous and contradicting flags', () => {
       [['transform', '--src-checkpoint', 'a', '--dst-checkpoint-dir', 'b', '--world-size', '2.5'], /--world-size must be an integer from 1 to \d+, got '2\.5'/],
       [['transform', '--src_checkpoint', 'a', '--world_size', '1e3'], /--world_size must be an integer from 1 to \d+, got '1e3'/],
       [['transform', '--src-checkpoint', 'a', '--dst-checkpoint-dir', 'b', '--ranks', '3-1'], /--ranks: rank range '3-1' runs backwards/],
-      [['transform', '--src-checkpoint', 'a', '--dst-checkpoint-dir', 'b', '--pick', 'first'], /--pick must be 'last' or 'newest', got 'first'/],
+      [['transform', '--src-checkpoint', 'a', '--dst-checkpoint-dir', 'b', '--pick', 'first'], /--pick must be 'newest' or 'name', got 'first'/],
       [['ckpt-to-safetensors', 'a', 'b', '--processes', '999'], /--processes must be an integer from 1 to 256, got '999'/],
       [['lora-merge', '--src-ckpt-path-or-dir', 'a', '--dst-ckpt-dir', 'b', '--threads', '0'], /--threads must be an integer from 1 to 64/],
       [['launch', '--config', 'r.yaml', '--local-worker-num', '0', '--', 'true'], /--local-worker-num must be an integer from 1 to 256/],
