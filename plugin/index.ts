@@ -2,6 +2,8 @@
  * The programmatic API: everything the CLI does, typed, for the launcher and users' scripts.
  */
 export * from './errors.js';
+export * from './units.js';
+export * from './real-paths.js';
 export * from './formats/index.js';
 export * from './layout/index.js';
 export * from './plan/index.js';

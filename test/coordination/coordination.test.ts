@@ -94,17 +94,10 @@ describe('coordination: barriers and markers', () => {
     await Promise.all(cs.map((c) => c.close()));
   });
 
-  it('keeps a live heartbeat waiting, reporting progress', async () => {
+  it('waits for a rank whose heartbeat is alive until it publishes', async () => {
     const cs = await openAll([0, 1], { heartbeatTimeoutMs: 400, heartbeatIntervalMs: 20 });
     const hb = cs[1]!.startHeartbeat('convert');
-    let seen = 0;
-    const wait = cs[0]!.waitAll('converted', {
-      ranks: [1],
-      heartbeats: [1],
-      onProgress: (m) => {
-        seen = m.get(1)?.done ?? seen;
-      },
-    });
+    const wait = cs[0]!.waitAll('converted', { ranks: [1], heartbeats: [1] });
     for (let i = 1; i <= 3; i++) {
       hb.update({ done: i, total: 3 });
       await new Promise<void>((res) => setImmediate(res));
@@ -113,7 +106,6 @@ describe('coordination: barriers and markers', () => {
     await hb.stop();
     const got = await wait;
     expect(got.get(1)).toEqual({ files: 3 });
-    expect(seen).toBeGreaterThanOrEqual(0);
     await Promise.all(cs.map((c) => c.close()));
   });
 

@@ -4,13 +4,11 @@ import { join } from 'node:path';
 import yaml from 'js-yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  canonicalPath,
   checkRunConfig,
   converterRanks,
   deriveRunConfig,
   editDistance,
   inspectCheckpointPath,
-  isSameOrInside,
   jobPaths,
   loadRunConfig,
   nearMiss,
@@ -22,6 +20,7 @@ import {
 } from '../../plugin/launcher/index.js';
 import { InputError } from '../../plugin/errors.js';
 import { runCli } from '../helpers/cli.js';
+import { canonicalPath, isSameOrInside } from '../../plugin/real-paths.js';
 
 let dir: string;
 let n = 0;

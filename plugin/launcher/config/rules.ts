@@ -9,7 +9,7 @@
  */
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { canonicalPath, isSameOrInsideCanonical } from '../paths.js';
+import { canonicalPath, isSameOrInsideCanonical } from '../../real-paths.js';
 import { releaseNames, type ReleaseChoice, type ReleaseRules } from './releases.js';
 import {
   describeValue, isPyInt, MINDFORMERS_TOP_KEYS, nearMiss, objectAt, PARALLEL_KEYS, pyTruthy, RUN_CONFIG_KEYS,
