@@ -3,12 +3,117 @@
  * same directory, fsync, rename. The temporary name is unique per process so that two writers
  * never share one. Asked at creation, a file computes its own CRC-32 from the bytes as they are
  * written and reports it (with its size) when committed.
+ *
+ * Every writer of msckpt goes through here, so this is also where:
+ * - system errors become one plain line naming the file and what to do (`fromSystemError`), and a
+ *   folder that cannot be created is reported for what it is (a read-only parent is EROFS or
+ *   EACCES, not the ENOENT Node's recursive mkdir says);
+ * - the temporary files of this process are known, so that an interrupted command removes them
+ *   (`removeLiveTempFilesSync`, called from a signal handler);
+ * - a process may forbid commits (`setCommitGuard`: a worker whose parent died commits nothing).
  */
-import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { fromSystemError, systemErrorCode } from '../errors.js';
 
 let counter = 0;
+
+/** The temporary files this process has open (created, neither committed nor aborted). */
+const liveTemps = new Set<string>();
+
+/**
+ * Remove every temporary file this process is writing (synchronously: for signal handlers and
+ * exit paths). Returns how many were removed.
+ */
+export function removeLiveTempFilesSync(): number {
+  let n = 0;
+  for (const p of liveTemps) {
+    try {
+      rmSync(p, { force: true });
+      n++;
+    } catch {
+      // nothing more can be done on the way out
+    }
+  }
+  liveTemps.clear();
+  return n;
+}
+
+/** Temporary files this process is writing now (for tests and reports). */
+export function liveTempFiles(): string[] {
+  return [...liveTemps];
+}
+
+let commitGuard: ((path: string) => void) | null = null;
+
+/**
+ * A check run right before every commit's rename: it throws to forbid the commit (the temporary
+ * file is then removed). One per process; null removes it.
+ */
+export function setCommitGuard(guard: ((path: string) => void) | null): void {
+  commitGuard = guard;
+}
+
+/** Test-only: make every write fail with this system error code (e.g. ENOSPC); null = off. */
+let injectedWriteError: string | null = null;
+export function injectWriteErrorForTests(code: string | null): void {
+  injectedWriteError = code;
+}
+
+function systemError(code: string, syscall: string, path: string): NodeJS.ErrnoException {
+  const e = new Error(`${code}: ${syscall} '${path}'`) as NodeJS.ErrnoException;
+  e.code = code;
+  e.syscall = syscall;
+  e.path = path;
+  return e;
+}
+
+/**
+ * The temporary name pattern of `tempNameFor`: `.<name>.<pid>.<n>.tmp`. Files of this shape in a
+ * folder msckpt writes are its own leftovers.
+ */
+export const TEMP_NAME_RE = /^\.(.+)\.(\d+)\.(\d+)\.tmp$/;
+
+/**
+ * `mkdir -p` that reports the real reason a folder cannot be made: Node's recursive mkdir says
+ * ENOENT when a parent is read-only or not writable; then the first missing component is made
+ * alone to get EROFS/EACCES. Errors are ours (`fromSystemError`).
+ */
+export async function makeDirs(path: string, action?: string): Promise<void> {
+  try {
+    await mkdir(path, { recursive: true });
+    return;
+  } catch (err) {
+    const code = systemErrorCode(err);
+    // a file where a folder is wanted: mkdir -p says EEXIST
+    if (code === 'EEXIST') throw fromSystemError(systemError('ENOTDIR', 'mkdir', path), path, action);
+    if (code !== 'ENOENT') throw fromSystemError(err, path, action);
+  }
+  // the nearest existing ancestor, then the first missing component made alone
+  let p = path;
+  for (;;) {
+    const parent = dirname(p);
+    if (parent === p) break;
+    const st = await stat(parent).catch(() => null);
+    if (st !== null) {
+      if (!st.isDirectory()) throw fromSystemError(systemError('ENOTDIR', 'mkdir', parent), parent, action);
+      try {
+        await mkdir(p);
+      } catch (err) {
+        if (systemErrorCode(err) !== 'EEXIST') throw fromSystemError(err, p, action);
+      }
+      break;
+    }
+    p = parent;
+  }
+  try {
+    await mkdir(path, { recursive: true });
+  } catch (err) {
+    throw fromSystemError(err, path, action);
+  }
+}
 
 // ---- optional CRC-32 of a file computed while it is written (no read-back) ----------------------
 
@@ -133,9 +238,16 @@ export class AtomicFile {
   }
 
   static async create(path: string, opts: AtomicFileOptions = {}): Promise<AtomicFile> {
-    await mkdir(dirname(path), { recursive: true });
+    await makeDirs(dirname(path));
     const tempPath = tempNameFor(path);
-    const handle = await open(tempPath, 'wx');
+    let handle: FileHandle;
+    try {
+      if (injectedWriteError !== null) throw systemError(injectedWriteError, 'open', tempPath);
+      handle = await open(tempPath, 'wx');
+    } catch (err) {
+      throw fromSystemError(err, path);
+    }
+    liveTemps.add(tempPath);
     return new AtomicFile(path, tempPath, handle, opts.crc32 === true);
   }
 
@@ -148,9 +260,14 @@ export class AtomicFile {
   async write(data: Uint8Array): Promise<void> {
     const h = this.requireOpen();
     let done = 0;
-    while (done < data.byteLength) {
-      const { bytesWritten } = await h.write(data, done, data.byteLength - done, this.position + done);
-      done += bytesWritten;
+    try {
+      while (done < data.byteLength) {
+        if (injectedWriteError !== null) throw systemError(injectedWriteError, 'write', this.tempPath);
+        const { bytesWritten } = await h.write(data, done, data.byteLength - done, this.position + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw fromSystemError(err, this.path, 'cannot write');
     }
     this.track(data, this.position);
     this.position += data.byteLength;
@@ -161,9 +278,13 @@ export class AtomicFile {
   async writeAt(data: Uint8Array, position: number): Promise<void> {
     const h = this.requireOpen();
     let done = 0;
-    while (done < data.byteLength) {
-      const { bytesWritten } = await h.write(data, done, data.byteLength - done, position + done);
-      done += bytesWritten;
+    try {
+      while (done < data.byteLength) {
+        const { bytesWritten } = await h.write(data, done, data.byteLength - done, position + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw fromSystemError(err, this.path, 'cannot write');
     }
     this.track(data, position);
     this.extent = Math.max(this.extent, position + data.byteLength);
@@ -173,9 +294,22 @@ export class AtomicFile {
   async commit(): Promise<FileCommit> {
     const h = this.requireOpen();
     this.handle = null;
-    await h.sync();
-    await h.close();
-    await rename(this.tempPath, this.path);
+    try {
+      await h.sync();
+      await h.close();
+    } catch (err) {
+      await h.close().catch(() => undefined);
+      await this.dropTemp();
+      throw fromSystemError(err, this.path, 'cannot write');
+    }
+    try {
+      commitGuard?.(this.path);
+      await rename(this.tempPath, this.path);
+    } catch (err) {
+      await this.dropTemp();
+      throw fromSystemError(err, this.path, 'cannot move the finished file into place');
+    }
+    liveTemps.delete(this.tempPath);
     const c = this.trackedCrc();
     this.segments = null;
     return { size: c?.size ?? this.extent, crc32: c?.crc32 ?? null };
@@ -187,7 +321,12 @@ export class AtomicFile {
     if (h === null) return;
     this.handle = null;
     await h.close().catch(() => undefined);
-    await rm(this.tempPath, { force: true });
+    await this.dropTemp();
+  }
+
+  private async dropTemp(): Promise<void> {
+    await rm(this.tempPath, { force: true }).catch(() => undefined);
+    liveTemps.delete(this.tempPath);
   }
 
   private requireOpen(): FileHandle {
