@@ -290,6 +290,7 @@ export async function mergeLora(opts: LoraMergeOptions): Promise<LoraMergeResult
       ...whole.plan.source.files.map((s) => ({ what: 'source file', path: s.path })),
       ...(opts.srcStrategy !== undefined ? [{ what: 'the source strategy', path: opts.srcStrategy }] : []),
       ...(opts.dstStrategy !== undefined ? [{ what: 'the destination strategy', path: opts.dstStrategy }] : []),
+      { what: 'the source', path: opts.src },
     ],
   );
   const infos = tensorInfos(whole.plan);

@@ -61,7 +61,9 @@ export {
  * is written, before the workers start; `manifest` = the parent dies with the manifest written
  * under its temporary name; `files` = after `n` committed files of worker `worker` (or of the
  * single process); `mid-group` = half-way through group `n` of that worker. `kill-parent` (in a
- * worker) SIGKILLs the parent and goes on, as if someone killed the command under its workers.
+ * worker) SIGKILLs the parent and goes on, as if someone killed the command under its workers;
+ * `pause` (with `files`) stops after the commit with the group's other temporary files open, until
+ * signalled.
  */
 export interface TransformFaults {
   readonly at: 'plan' | 'manifest' | 'files' | 'mid-group';
@@ -283,6 +285,8 @@ export async function checkTransformPaths(opts: TransformOptions): Promise<void>
   const inputs: NamedPath[] = sources.files.map((f) => ({ what: 'source file', path: f.path }));
   if (opts.srcStrategy) inputs.push({ what: 'the source strategy', path: opts.srcStrategy });
   if (opts.dstStrategy) inputs.push({ what: 'the destination strategy', path: opts.dstStrategy });
+  // the source folder itself: nothing is written into the tree a source lives in
+  inputs.push({ what: 'the source', path: opts.srcCheckpoint });
   await refuseOverlaps([{ what: 'the destination folder', path: opts.dstDir }], inputs);
 }
 

@@ -102,7 +102,7 @@ export async function unifySafetensors(opts: UnifyOptions): Promise<UnifyReport>
   for (const n of resolved.notices) opts.onNotice?.(n);
   await refuseOverlaps(
     [{ what: 'the output folder', path: opts.dstDir }],
-    [...resolved.ranks.map((r) => ({ what: 'source file', path: r.file.path })), { what: 'the source strategy', path: opts.srcStrategy }],
+    [...resolved.ranks.map((r) => ({ what: 'source file', path: r.file.path })), { what: 'the source strategy', path: opts.srcStrategy }, { what: 'the source folder', path: srcDir }],
   );
   const filter = opts.filter;
   const { plan } = await loadPlan({
