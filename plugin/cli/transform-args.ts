@@ -93,7 +93,7 @@ export function addTransformFlags(cmd: Command, use: TransformUse): Command {
       'share the work among the processes of a cluster job on a shared disk: run the same command on every process (msrun, srun, ' +
         'or any launcher setting RANK_ID/RANK_SIZE); each writes its block of destination ranks. mode: auto (default), msrun or slurm',
     );
-    cmd.addOption(new Option('--test-fault <spec>', 'tests only: at=plan|manifest|files|mid-group,n=N,worker=W,action=kill|throw|kill-parent, or error=ENOSPC').hideHelp());
+    cmd.addOption(new Option('--test-fault <spec>', 'tests only: at=plan|manifest|files|mid-group,n=N,worker=W,action=kill|throw|kill-parent|pause, or error=ENOSPC').hideHelp());
   } else {
     cmd.addOption(new Option('--crc').hideHelp());
   }
@@ -107,7 +107,7 @@ export interface TransformTestFault {
   readonly at?: 'plan' | 'manifest' | 'files' | 'mid-group';
   readonly n?: number;
   readonly worker?: number;
-  readonly action?: 'kill' | 'throw' | 'kill-parent';
+  readonly action?: 'kill' | 'throw' | 'kill-parent' | 'pause';
   /** Make every write fail with this system error code. */
   readonly error?: string;
 }

@@ -49,7 +49,7 @@ export interface MidGroupFault {
   readonly action: FaultAction;
 }
 
-export type FaultAction = 'throw' | 'kill' | 'kill-parent';
+export type FaultAction = 'throw' | 'kill' | 'kill-parent' | 'pause';
 export type WriterFault = RankWriterFaults | MidGroupFault;
 
 /** What a source's CRC check found, with the plan's source rank. */
@@ -60,10 +60,27 @@ export interface SourceCrcChecked extends CrcCheckResult {
 function fire(f: WriterFault, what: string): void {
   if (f.action === 'kill') process.kill(process.pid, 'SIGKILL');
   if (f.action === 'kill-parent') {
-    process.kill(process.ppid, 'SIGKILL');
+    const parent = process.ppid;
+    process.kill(parent, 'SIGKILL');
+    // go on only once the parent is gone (this process re-parented), as after a real kill
+    const wait = new Int32Array(new SharedArrayBuffer(4));
+    for (let i = 0; i < 500 && process.ppid === parent; i++) Atomics.wait(wait, 0, 0, 10);
     return;
   }
+  if (f.action === 'pause') return;
   throw new FailureError(`injected failure ${what}`);
+}
+
+/**
+ * `pause` (after a commit): say so on stderr and wait for ever with the event loop free, so that a
+ * test can signal or kill the process at a known point (temporary files of the group still open).
+ */
+async function pauseIf(f: WriterFault): Promise<void> {
+  if (f.action !== 'pause') return;
+  process.stderr.write(`msckpt test-fault: paused (pid ${process.pid})\n`);
+  await new Promise<never>(() => {
+    setInterval(() => undefined, 1 << 30);
+  });
 }
 
 export interface WriteRanksOptions {
@@ -192,6 +209,7 @@ export async function writeRanks(opts: WriteRanksOptions): Promise<WriteRanksRes
           if (f !== undefined && 'afterFiles' in f && !afterFired && files.length >= f.afterFiles) {
             afterFired = true;
             fire(f, `after ${files.length} file(s)`);
+            await pauseIf(f);
           }
         }
       } catch (err) {
