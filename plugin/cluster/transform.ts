@@ -109,10 +109,12 @@ export async function transformOnCluster(opts: TransformOptions, place: ClusterP
       if (plan !== null) {
         await coord.setStage('plan');
         await coord.publish('plan', plan);
+        await coord.setStage('convert');
         return plan;
       }
       await coord.setStage('wait-plan');
       const got = await coord.waitAll<SharedTransformPlan>('plan', { ranks: [0], what: 'the plan of process 0' });
+      await coord.setStage('convert');
       return got.get(0) as SharedTransformPlan;
     },
     async finish(mine) {

@@ -62,4 +62,37 @@ describe('transform --cluster', () => {
       expect(sched.stderr).toMatch(/scheduler process: nothing to convert here/);
     });
   });
+
+  it('a process killed mid-run is named by the others, which stop; the same command again redoes only the missing ranks', async () => {
+    await withTempDir(async (dir) => {
+      const m = await makeModel(dir, 4);
+      const args = (dst: string, extra: string[] = []): string[] => [
+        'transform', '--src-checkpoint', m.complete, '--dst-strategy', m.s8, '--dst-checkpoint-dir', dst, '--cluster', '--json', ...extra,
+      ];
+      const one = join(dir, 'one');
+      expect((await runCli(args(one).filter((a) => a !== '--cluster'))).exitCode).toBe(0);
+      const refFiles = await rankFiles(one);
+      const out = join(dir, 'out');
+      // process 1 (ranks 2-4) is SIGKILLed after its first file
+      const procs = [0, 1, 2].map((i) => startCli(args(out, i === 1 ? ['--test-fault', 'at=files,n=1,action=kill'] : []), { RANK_ID: String(i), RANK_SIZE: '3' }));
+      const ends = await Promise.all(procs.map((p) => p.exited));
+      expect(ends[1]?.signal).toBe('SIGKILL');
+      for (const i of [0, 2]) {
+        expect(ends[i]?.code, procs[i]?.stderr).toBe(1);
+        expect(procs[i]?.stderr).toMatch(/rank 1 \(host .*, pid \d+\) failed .*ended without reporting: killed/);
+      }
+      const kept = await rankFiles(out);
+      for (const [k, h] of Object.entries(kept)) expect(h, k).toBe(refFiles[k]);
+      const missing = [...Array(8).keys()].filter((r) => kept[`rank_${r}/checkpoint_${r}.ckpt`] === undefined);
+      expect(missing).toContain(3);
+      const again = [0, 1, 2].map((i) => startCli(args(out), { RANK_ID: String(i), RANK_SIZE: '3' }));
+      const ends2 = await Promise.all(again.map((p) => p.exited));
+      ends2.forEach((e, i) => expect(e.code, again[i]?.stderr).toBe(0));
+      const rep = JSON.parse(again[0]?.stdout ?? '') as Report & { skipped: number[] };
+      expect(rep.written).toEqual(missing);
+      expect(await rankFiles(out)).toEqual(refFiles);
+      expect(leftovers(out)).toEqual([]);
+      expect((await verifyTransform(out)).ok).toBe(true);
+    });
+  });
 });
