@@ -10,7 +10,7 @@ import { describeError, exitCodeOf, UsageError } from '../errors.js';
 import { packageFile } from '../package-files.js';
 import { closest } from '../suggest.js';
 import { helpHint, readCommandArgs } from './args.js';
-import { allowInterruptHandling } from './interrupt.js';
+import { allowInterruptHandling, interrupted } from './interrupt.js';
 import { loadCommands } from './commands/index.js';
 
 /** The version in the package's package.json. */
@@ -107,6 +107,8 @@ export async function main(argv: readonly string[], opts: MainOptions = {}): Pro
       process.stderr.write(usageLine(err.message, commandName));
       return 2;
     }
+    // interrupted: the signal handler says so in its one line
+    if (interrupted()) return exitCodeOf(err);
     process.stderr.write(`msckpt: ${describeError(err)}\n`);
     if (process.env['MSCKPT_DEBUG'] && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
     return exitCodeOf(err);

@@ -16,7 +16,7 @@ import { rmSync } from 'node:fs';
 import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { fromSystemError, systemErrorCode } from '../errors.js';
+import { FailureError, fromSystemError, systemErrorCode } from '../errors.js';
 
 let counter = 0;
 
@@ -31,14 +31,35 @@ export function removeLiveTempFilesSync(): number {
   let n = 0;
   for (const p of liveTemps) {
     try {
-      rmSync(p, { force: true });
+      rmSync(p);
       n++;
     } catch {
-      // nothing more can be done on the way out
+      // not created yet, or nothing more can be done on the way out
     }
   }
   liveTemps.clear();
   return n;
+}
+
+/** Opens of temporary files under way (their file may appear after a synchronous removal). */
+const opening = new Set<Promise<unknown>>();
+let closing = false;
+
+/**
+ * For the way out: refuse new temporary files, let the opens under way finish (at most `ms`),
+ * then remove every temporary file of this process. Returns how many were removed.
+ */
+export async function removeLiveTempFiles(ms = 2000): Promise<number> {
+  closing = true;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.allSettled([...opening]),
+    new Promise((r) => {
+      timer = setTimeout(r, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+  return removeLiveTempFilesSync();
 }
 
 /** Temporary files this process is writing now (for tests and reports). */
@@ -241,13 +262,22 @@ export class AtomicFile {
     await makeDirs(dirname(path));
     const tempPath = tempNameFor(path);
     let handle: FileHandle;
+    // known before it exists: an exit while the open is under way still removes it
+    liveTemps.add(tempPath);
     try {
       if (injectedWriteError !== null) throw systemError(injectedWriteError, 'open', tempPath);
-      handle = await open(tempPath, 'wx');
+      if (closing) throw new FailureError('stopping: no new file is started');
+      const opened = open(tempPath, 'wx');
+      opening.add(opened);
+      try {
+        handle = await opened;
+      } finally {
+        opening.delete(opened);
+      }
     } catch (err) {
+      liveTemps.delete(tempPath);
       throw fromSystemError(err, path);
     }
-    liveTemps.add(tempPath);
     return new AtomicFile(path, tempPath, handle, opts.crc32 === true);
   }
 

@@ -285,7 +285,7 @@ export async function mergeLora(opts: LoraMergeOptions): Promise<LoraMergeResult
   const sources = planSourceFiles(whole.plan);
   // nothing is written where anything is read (after resolving symlinks on both sides)
   await refuseOverlaps(
-    [{ what: 'the output folder', path: opts.dstDir }],
+    [{ what: 'output folder', path: opts.dstDir }],
     [
       ...whole.plan.source.files.map((s) => ({ what: 'source file', path: s.path })),
       ...(opts.srcStrategy !== undefined ? [{ what: 'the source strategy', path: opts.srcStrategy }] : []),

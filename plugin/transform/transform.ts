@@ -287,7 +287,7 @@ export async function checkTransformPaths(opts: TransformOptions): Promise<void>
   if (opts.dstStrategy) inputs.push({ what: 'the destination strategy', path: opts.dstStrategy });
   // the source folder itself: nothing is written into the tree a source lives in
   inputs.push({ what: 'the source', path: opts.srcCheckpoint });
-  await refuseOverlaps([{ what: 'the destination folder', path: opts.dstDir }], inputs);
+  await refuseOverlaps([{ what: 'destination folder', path: opts.dstDir }], inputs);
 }
 
 async function planRun(opts: TransformOptions, memory: number, prefix: string): Promise<RunPlan> {

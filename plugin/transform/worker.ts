@@ -12,7 +12,7 @@
  * and SIGINT stop it too. In every case its temporary files are removed.
  */
 import { describeError, exitCodeOf, FailureError } from '../errors.js';
-import { removeLiveTempFilesSync, setCommitGuard } from '../formats/atomic.js';
+import { removeLiveTempFiles, setCommitGuard } from '../formats/atomic.js';
 import { SourceCrcMismatch } from '../formats/crc-check.js';
 import type { WeightsFormat } from '../formats/resolve.js';
 import { readPlanFile } from '../plan/index.js';
@@ -58,10 +58,18 @@ function parentGone(): boolean {
   return !leaving && (!process.connected || process.ppid !== parentPid);
 }
 
-/** Stop now: remove this worker's temporary files and exit (no message: nobody listens). */
-function stop(code: number): never {
-  removeLiveTempFilesSync();
-  process.exit(code);
+/**
+ * Stop: nothing more is committed, this worker's temporary files are removed (once the opens
+ * under way have finished), then exit (no message: nobody listens).
+ */
+let stopping = false;
+function stop(code: number): void {
+  if (stopping) return;
+  stopping = true;
+  setCommitGuard(() => {
+    throw new FailureError('stopping; nothing more is committed');
+  });
+  void removeLiveTempFiles().finally(() => process.exit(code));
 }
 
 async function run(job: WorkerJob): Promise<void> {
@@ -105,7 +113,10 @@ process.once('message', (job: WorkerJob) => {
     if (parentGone()) stop(1);
   }, 100);
   watch.unref();
-  if (parentGone()) stop(1);
+  if (parentGone()) {
+    stop(1);
+    return;
+  }
   run(job).then(
     () => {
       leaving = true;
@@ -113,7 +124,10 @@ process.once('message', (job: WorkerJob) => {
       process.disconnect?.();
     },
     async (err: unknown) => {
-      if (parentGone()) stop(1);
+      if (stopping || parentGone()) {
+        stop(1); // (already stopping: the exit code chosen then stands)
+        return;
+      }
       const exitCode = exitCodeOf(err);
       const crc = err instanceof SourceCrcMismatch && err.sourceRank !== undefined
         ? { crcSource: err.sourceRank, crcResult: { ...err.result, sourceRank: err.sourceRank } }

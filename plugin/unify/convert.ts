@@ -182,8 +182,8 @@ async function convertTree(direction: Direction, src: string, dst: string, opts:
   };
   // one file: its output is not the input (a symlink to it included); a tree: the output folder is
   // apart from the input folder
-  if (single) await refuseOverlaps([{ what: 'the output', path: target(src) }], [{ what: 'the input', path: src }]);
-  else await refuseOverlaps([{ what: 'the output folder', path: dst }], [{ what: 'the input folder', path: src }]);
+  if (single) await refuseOverlaps([{ what: 'output file', path: target(src) }], [{ what: 'the input', path: src }]);
+  else await refuseOverlaps([{ what: 'output folder', path: dst }], [{ what: 'the input folder', path: src }]);
   const one = direction === 'ckpt-to-safetensors' ? ckptFileToSafetensors : safetensorsFileToCkpt;
   const jobs = files.map((f) => async () => {
     const r = await one(f, target(f), opts);

@@ -101,7 +101,7 @@ export async function unifySafetensors(opts: UnifyOptions): Promise<UnifyReport>
   if (resolved.kind !== 'ranks') throw new InputError('holds no rank_N folders', { file: srcDir });
   for (const n of resolved.notices) opts.onNotice?.(n);
   await refuseOverlaps(
-    [{ what: 'the output folder', path: opts.dstDir }],
+    [{ what: 'output folder', path: opts.dstDir }],
     [...resolved.ranks.map((r) => ({ what: 'source file', path: r.file.path })), { what: 'the source strategy', path: opts.srcStrategy }, { what: 'the source folder', path: srcDir }],
   );
   const filter = opts.filter;

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { indexWeights } from '../../plugin/formats/source-index.js';
-import { runCli } from '../helpers/cli.js';
+import { MSCKPT_BIN, runCli } from '../helpers/cli.js';
 import { withTempDir } from './helpers.js';
 import { hashTree, leftovers, makeModel, rankFiles, sha256, sliced, startCli, taggedPids, until } from './safety-helpers.js';
 
@@ -31,7 +31,7 @@ describe('issue 11 on the offline commands', () => {
         expect(r.stderr.trim().split('\n')).toHaveLength(1);
       };
       // the destination is the source through a symlink; one inside the source
-      await refused(T(src, join(dir, 'link-to-src'), ['--src-strategy', m.s2, '--dst-strategy', m.s4]), /the destination folder .*link-to-src \(.*src\) contains source file .*src\/rank_0\/checkpoint_0\.ckpt/);
+      await refused(T(src, join(dir, 'link-to-src'), ['--src-strategy', m.s2, '--dst-strategy', m.s4]), /destination folder .*link-to-src \(.*src\) contains source file .*src\/rank_0\/checkpoint_0\.ckpt/);
       await refused(T(src, join(dir, 'link-into-src'), ['--src-strategy', m.s2, '--dst-strategy', m.s4]), /link-into-src .* (is|contains) source file/);
       await refused(T(src, join(dir, 'link-to-src', 'rank_1', 'new'), ['--src-strategy', m.s2, '--dst-strategy', m.s4]), /link-to-src\/rank_1\/new \(.*src\/rank_1\/new\) lies inside the source .*src:/);
       // the other direction: the source named through a symlink to the destination folder
@@ -39,20 +39,20 @@ describe('issue 11 on the offline commands', () => {
       expect((await runCli(T(m.complete, out, ['--dst-strategy', m.s2]))).exitCode).toBe(0);
       const outBefore = await hashTree(out);
       await symlink(out, join(dir, 'link-to-out'));
-      await refused(T(join(dir, 'link-to-out'), out, ['--src-strategy', m.s2, '--dst-strategy', m.s4]), /the destination folder .* (is|contains) source file .*link-to-out/);
+      await refused(T(join(dir, 'link-to-out'), out, ['--src-strategy', m.s2, '--dst-strategy', m.s4]), /destination folder .* (is|contains) source file .*link-to-out/);
       expect(await hashTree(out)).toEqual(outBefore);
       // a complete source in the folder the destination link points to
       await symlink(dir, join(dir, 'link-to-top'));
       await refused(T(m.complete, join(dir, 'link-to-top'), ['--dst-strategy', m.s4]), /contains source file/);
       // the other commands that write
-      await refused(['unify', src, join(dir, 'link-to-src'), '--src-strategy', m.s2], /the output folder .* (is|contains) source file/);
-      await refused(['lora-merge', '--src-ckpt-path-or-dir', src, '--src-ckpt-strategy', m.s2, '--dst-ckpt-dir', join(dir, 'link-into-src'), '--lora-scaling', '2'], /the output folder .* (is|contains|lies inside) source file/);
+      await refused(['unify', src, join(dir, 'link-to-src'), '--src-strategy', m.s2], /output folder .* (is|contains) source file/);
+      await refused(['lora-merge', '--src-ckpt-path-or-dir', src, '--src-ckpt-strategy', m.s2, '--dst-ckpt-dir', join(dir, 'link-into-src'), '--lora-scaling', '2'], /output folder .* (is|contains|lies inside) source file/);
       await symlink(m.complete, join(dir, 'alias.safetensors'));
-      await refused(['ckpt-to-safetensors', m.complete, join(dir, 'alias.safetensors')], /the output .*alias\.safetensors .* is the input/);
+      await refused(['ckpt-to-safetensors', m.complete, join(dir, 'alias.safetensors')], /output file .*alias\.safetensors .* is the input/);
       await mkdir(join(dir, 'stages'));
       await writeFile(join(dir, 'stages', 'a.ckpt'), await readFile(m.s2));
       await symlink(join(dir, 'stages', 'a.ckpt'), join(dir, 'alias.ckpt'));
-      await refused(['merge-strategy', join(dir, 'stages', 'a.ckpt'), '-o', join(dir, 'alias.ckpt')], /the output .*alias\.ckpt .* is input/);
+      await refused(['merge-strategy', join(dir, 'stages', 'a.ckpt'), '-o', join(dir, 'alias.ckpt')], /output file .*alias\.ckpt .* is input/);
       await refused(['convert', '--model', 'llama', '--input-path', src, '--output-path', join(dir, 'link-to-src')], /--output-path .* is --input-path/);
       // nothing read was touched
       expect(await hashTree(src)).toEqual(before);
@@ -277,9 +277,9 @@ describe('issue 11 on the offline commands', () => {
       await chmod(locked, 0o555);
       await chmod(dir, 0o755);
       const asRoot = process.getuid?.() === 0;
-      const r = asRoot
-        ? spawnSync(process.execPath, [join(process.cwd(), 'bin', 'msckpt.js'), ...T(m.complete, join(locked, 'a', 'b'), ['--dst-strategy', m.s4])], { uid: 65534, gid: 65534, encoding: 'utf8' })
-        : spawnSync(process.execPath, [join(process.cwd(), 'bin', 'msckpt.js'), ...T(m.complete, join(locked, 'a', 'b'), ['--dst-strategy', m.s4])], { encoding: 'utf8' });
+      const r = spawnSync(process.execPath, [MSCKPT_BIN, ...T(m.complete, join(locked, 'a', 'b'), ['--dst-strategy', m.s4])], {
+        encoding: 'utf8', ...(asRoot ? { uid: 65534, gid: 65534 } : {}),
+      });
       expect(r.status, r.stderr).toBe(2);
       expect(r.stderr).toMatch(/locked\/a.*permission denied \(EACCES\); check the permissions/);
 
@@ -288,7 +288,7 @@ describe('issue 11 on the offline commands', () => {
       if (ns.status === 0) {
         const rofs = join(dir, 'rofs');
         await mkdir(rofs);
-        const cmd = `mount -t tmpfs -o ro tmpfs '${rofs}' && exec '${process.execPath}' '${join(process.cwd(), 'bin', 'msckpt.js')}' ${T(m.complete, join(rofs, 'x', 'y'), ['--dst-strategy', m.s4]).map((a) => `'${a}'`).join(' ')}`;
+        const cmd = `mount -t tmpfs -o ro tmpfs '${rofs}' && exec '${process.execPath}' '${MSCKPT_BIN}' ${T(m.complete, join(rofs, 'x', 'y'), ['--dst-strategy', m.s4]).map((a) => `'${a}'`).join(' ')}`;
         const ro = spawnSync('unshare', ['-rm', 'sh', '-c', cmd], { encoding: 'utf8' });
         expect(ro.status, ro.stderr).toBe(2);
         expect(ro.stderr).toMatch(/rofs\/x.*the file system is read-only \(EROFS\); choose a writable location/);

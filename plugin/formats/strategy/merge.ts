@@ -90,7 +90,7 @@ export async function mergeStrategies(
 ): Promise<MergeReport> {
   const files = await listStrategyInputs(inputs, outFile);
   // the output is none of the files read (`-o a.json` with a.json an input, a symlink to one)
-  await refuseOverlaps([{ what: 'the output', path: outFile }], files.map((f) => ({ what: 'input', path: f })));
+  await refuseOverlaps([{ what: 'output file', path: outFile }], files.map((f) => ({ what: 'input', path: f })));
   const seen = new Set<string>();
   const byStage = new Map<number, { file: string; strategy: Strategy }>();
   let duplicates = 0;
