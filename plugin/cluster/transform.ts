@@ -136,11 +136,15 @@ export async function transformOnCluster(opts: TransformOptions, place: ClusterP
       await coord.fail('transform', err);
     },
   };
+  let ok = false;
   try {
-    return await transformCheckpoints({ ...opts, cluster });
+    const report = await transformCheckpoints({ ...opts, cluster });
+    ok = true;
+    return report;
   } finally {
     await coord.close();
-    // process 0 leaves last (close waits for the others): the coordination folder goes with it
-    if (place.index === 0) await rm(join(dstDir, CLUSTER_DIR_NAME), { recursive: true, force: true }).catch(() => undefined);
+    // process 0 leaves last after a success (every process has reported): the coordination folder
+    // goes with it. After a failure others may still be reading it: the next run removes it.
+    if (place.index === 0 && ok) await rm(join(dstDir, CLUSTER_DIR_NAME), { recursive: true, force: true }).catch(() => undefined);
   }
 }
