@@ -480,7 +480,8 @@ async function convertSlices(ctx: Ctx, name: NameCheck, slices: readonly number[
   const { cfg } = ctx;
   if (name.plan === null) throw new FailureError(`no plan was written for ${name.name}`);
   const plan = await readPlanFile(name.plan.file, name.plan.fingerprint);
-  const total = slices.reduce((s, r) => s + (name.ranks.find((x) => x.rank === r)?.bytesWritten ?? 0), 0);
+  const mine = new Set(slices);
+  const total = plan.ranks.reduce((s, r) => s + (mine.has(r.rank) ? r.bytesWritten : 0), 0);
   let done = 0;
   let label = name.name;
   const r = await writeRanks({
