@@ -137,6 +137,8 @@ export async function runJob(opts: {
   onlyNodes?: readonly number[];
   /** Words after `{config}` in the training command (the stand-in ignores them; launch reads run_mindformer.py flags). */
   trainArgs?: readonly string[];
+  /** Another training command (default: the training stand-in), `{config}` appended. */
+  trainCommand?: readonly string[];
 }): Promise<JobRun> {
   const workerNum = opts.workerNum ?? 8;
   const results = await msrun({
@@ -151,7 +153,7 @@ export async function runJob(opts: {
     ...(opts.onlyNodes !== undefined ? { onlyNodes: opts.onlyNodes } : {}),
     command: [
       process.execPath, MSCKPT_BIN, 'launch', '--config', opts.config ?? 'run.yaml', ...(opts.launchArgs ?? []),
-      '--', ...TRAIN_COMMAND, '{config}', ...(opts.trainArgs ?? []),
+      '--', ...(opts.trainCommand ?? TRAIN_COMMAND), '{config}', ...(opts.trainArgs ?? []),
     ],
   });
   const logs = await Promise.all(results.map((r) => readFile(r.log, 'utf8')));
@@ -206,19 +208,31 @@ export function whenFiles(dir: string, test: () => boolean | Promise<boolean>, s
   return new Promise<void>((resolveAll, reject) => {
     const w = watch(dir, { ignoreInitial: false, depth: 6, persistent: true });
     let done = false;
+    // chokidar drops the change events of a file that follow one within 50 ms, with no trailing
+    // event: a file's last write can go unseen (a log whose last line is "holds at ...", written
+    // just after another). So each event is followed by one more check once that window is over.
+    let trailing: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      done = true;
+      clearTimeout(trailing);
+      void w.close();
+    };
     const check = (): void => {
       void Promise.resolve(test()).then((ok) => {
         if (!ok || done) return;
-        done = true;
-        void w.close();
+        finish();
         resolveAll();
       });
     };
-    w.on('all', check).on('ready', check);
+    const onEvent = (): void => {
+      check();
+      clearTimeout(trailing);
+      trailing = setTimeout(check, 100);
+    };
+    w.on('all', onEvent).on('ready', check);
     void stop.then(() => {
       if (done) return;
-      done = true;
-      void w.close();
+      finish();
       reject(new Error(`the job ended before ${what}`));
     });
   });
