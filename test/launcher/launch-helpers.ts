@@ -12,7 +12,7 @@ import { afterEach } from 'vitest';
 import { MSCKPT_BIN } from '../helpers/cli.js';
 import { repoRoot } from '../helpers/fixtures.js';
 import { msrun, type WorkerResult } from '../../examples/stand-ins/msrun.js';
-import { writeCompleteModel, writeSlicedModel, writeSlicedSafetensors, writeUnifiedSafetensors, type StandInParallel } from '../../examples/stand-ins/model.js';
+import { writeCompleteModel, writeSlicedModel, writeSlicedSafetensors, writeStrategyForRank, writeUnifiedSafetensors, type StandInParallel } from '../../examples/stand-ins/model.js';
 
 export const TRAIN_SCRIPT = join(repoRoot, 'examples', 'stand-ins', 'train.ts');
 export const TSX_LOADER = import.meta.resolve('tsx');
@@ -164,6 +164,18 @@ export async function writeYaml(node: string, text: string): Promise<void> {
   await writeFile(join(node, 'run.yaml'), text);
 }
 
+/**
+ * A 4-rank job in `dir`: the complete stand-in model, run.yaml for mp4 with two converters
+ * (ranks 0 and 2) and the destination strategy at
+ * `dst.ckpt` (for `--dst-strategy ./dst.ckpt`).
+ */
+export async function writeFourRankJob(dir: string): Promise<string> {
+  await writeComplete(dir);
+  await writeStrategyForRank(join(dir, 'dst.ckpt'), { dp: 1, mp: 4, pp: 1 }, 0);
+  await writeYaml(dir, runYaml({ load: './weights/model.ckpt', par: { dp: 1, mp: 4, pp: 1 }, tpn: 2 }));
+  return dir;
+}
+
 /** Exit code (or the signal that ended it) of every rank, by rank. */
 export function exitCodes(r: { results: ReadonlyArray<{ rank: number; exitCode: number | undefined; signal: string | undefined }> }): Array<number | string> {
   return [...r.results].sort((a, b) => a.rank - b.rank).map((x) => x.signal ?? (x.exitCode as number));
@@ -173,6 +185,8 @@ export interface TrainReport {
   file: string;
   problems: string[];
   autoTrans: unknown;
+  format?: string;
+  loadTime?: boolean;
 }
 
 /** What each rank's training stand-in found (rank -> report). */

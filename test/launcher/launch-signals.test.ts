@@ -10,22 +10,14 @@ import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { writeStrategyForRank } from '../../examples/stand-ins/model.js';
 import {
-  exitCodes, filesAppear, hashTree, ledgerProblems, logShows, runJob, runYaml, tempFilesUnder, trainReports, useJobDirs,
-  writeComplete, writeYaml, type JobRun,
+  exitCodes, filesAppear, hashTree, ledgerProblems, logShows, runJob, tempFilesUnder, trainReports, useJobDirs, writeFourRankJob, type JobRun,
 } from './launch-helpers.js';
 
 const jobDir = useJobDirs();
 
-/** A 4-rank job (mp4, converters 0 and 2, one file per group) on the complete stand-in model. */
-async function fourRankJob(): Promise<string> {
-  const dir = await jobDir();
-  await writeComplete(dir);
-  await writeStrategyForRank(join(dir, 'dst.ckpt'), { dp: 1, mp: 4, pp: 1 }, 0);
-  await writeYaml(dir, runYaml({ load: './weights/model.ckpt', par: { dp: 1, mp: 4, pp: 1 }, tpn: 2 }));
-  return dir;
-}
+/** A 4-rank job (mp4, converters 0 and 2) on the complete stand-in model. */
+const fourRankJob = async (): Promise<string> => writeFourRankJob(await jobDir());
 
 const notOutput = (rel: string): boolean => rel.startsWith('logs') || rel.startsWith('output');
 

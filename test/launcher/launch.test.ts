@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { writeStrategyForRank } from '../../examples/stand-ins/model.js';
 import { runCli } from '../helpers/cli.js';
-import { exitCodes, trainReports, useJobDirs, runJob, runYaml, writeComplete, writeSliced, writeYaml } from './launch-helpers.js';
+import { exitCodes, trainReports, useJobDirs, runJob, runYaml, writeComplete, writeFourRankJob, writeSliced, writeYaml } from './launch-helpers.js';
 
 const jobDir = useJobDirs();
 
@@ -83,13 +83,7 @@ describe('launch: 8 ranks on 2 nodes', () => {
 });
 
 describe('launch: failures stop every rank', () => {
-  async function fourRankJob(): Promise<string> {
-    const dir = await jobDir();
-    await writeComplete(dir);
-    await writeStrategyForRank(join(dir, 'dst.ckpt'), { dp: 1, mp: 4, pp: 1 }, 0);
-    await writeYaml(dir, runYaml({ load: './weights/model.ckpt', par: { dp: 1, mp: 4, pp: 1 }, tpn: 2 }));
-    return dir;
-  }
+  const fourRankJob = async (): Promise<string> => writeFourRankJob(await jobDir());
 
   it('a converter killed with SIGKILL mid-way: all ranks fail promptly, naming it', async () => {
     const dir = await fourRankJob();
