@@ -115,8 +115,11 @@ describe('launch: fault injection, 8 ranks', () => {
       }
       const dead = r.results.find((x) => x.rank === p.rank)!.ended;
       const othersOut = Math.max(...r.results.filter((x) => x.rank !== p.rank).map((x) => x.ended)) - dead;
-      // no process of the faulted run trained
+      // no process of the faulted run trained; the temporary files left are the dead rank's only
       for (const log of r.logs) expect(log).not.toMatch(/stand-in rank/);
+      const deadPid = pids.get(p.rank) as number;
+      const leftovers = await tempFilesUnder(join(dir, 'output'));
+      for (const t of leftovers) expect(t, what).toMatch(new RegExp(`\\.${deadPid}\\.\\d+\\.tmp$`));
 
       const again = await runJob({ nodeDirs: NODES(dir), logDir: join(dir, `logs-${i}-again`), trainCommand: NO_TRAINING, launchArgs });
       expect(exitCodes(again), `relaunch after point ${i}\n${again.logs.join('\n')}`).toEqual(Array(8).fill(0));
@@ -126,7 +129,7 @@ describe('launch: fault injection, 8 ranks', () => {
       const cleaned = /cleaned (\d+) file\(s\)/.exec(again.logs[0] ?? '')?.[1] ?? '?';
       process.stdout.write(
         `[faults] point ${i}: rank ${p.rank} at ${p.at} (${p.how}): the other 7 ranks exited within ${othersOut} ms of its death; ` +
-          `the relaunch cleaned ${cleaned} file(s) and wrote ${bytesWritten(again.logs[0] ?? '')} again\n`,
+          `it left ${leftovers.length} temporary file(s); the relaunch cleaned ${cleaned} file(s) and wrote ${bytesWritten(again.logs[0] ?? '')} again\n`,
       );
     }
     expect(await readFile(join(dir, 'output', 'README.user'), 'utf8')).toBe('kept by the user\n');
