@@ -82,6 +82,17 @@ export function tempNameFor(path: string): string {
   return join(dirname(path), `.${basename(path)}.${process.pid}.${counter}.tmp`);
 }
 
+const TEMP_NAME = /^\.(.+)\.(\d+)\.(\d+)\.tmp$/;
+
+/**
+ * The final name and writing process of a temporary name `tempNameFor` makes (a file name, not
+ * a path), or undefined when `name` is not one: what a clean-up may recognise as ours.
+ */
+export function tempNameTarget(name: string): { name: string; pid: number } | undefined {
+  const m = TEMP_NAME.exec(name);
+  return m === null ? undefined : { name: m[1] as string, pid: Number(m[2]) };
+}
+
 /** A file being written under a temporary name. */
 export class AtomicFile {
   readonly path: string;
