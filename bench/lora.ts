@@ -14,13 +14,14 @@
  */
 import { execa } from 'execa';
 import { mkdtemp, open, rm, stat } from 'node:fs/promises';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createCheckpointSink } from '../plugin/formats/ckpt/index.js';
 import { fromFloat32, type DType } from '../plugin/formats/dtype.js';
 import { KernelPool, runKernel, type KernelJob } from '../plugin/lora/kernel.js';
 import { referenceKernel } from '../test/lora/kernel-reference.js';
+import { cpSyncSeconds, loadText } from './_copy.js';
 
 const HIDDEN = 2048;
 const FFN = 5632;
@@ -103,17 +104,6 @@ interface ChildResult {
   merged: number;
   maxRssKiB: number;
   cpu: number;
-}
-
-/** Seconds `cp` plus `sync` of a file take (the copy removed after). */
-async function cpSyncSeconds(from: string, to: string): Promise<number> {
-  await execa('sync', []);
-  const t0 = performance.now();
-  await execa('cp', [from, to]);
-  await execa('sync', []);
-  const s = (performance.now() - t0) / 1000;
-  await rm(to, { force: true });
-  return s;
 }
 
 /**
@@ -200,7 +190,7 @@ async function kernelFigures(): Promise<void> {
 }
 
 export async function run(): Promise<void> {
-  process.stdout.write(`load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} on ${availableParallelism()} cores\n`);
+  process.stdout.write(`${loadText()}\n`);
   await kernelFigures();
   const dir = await mkdtemp(join(tmpdir(), 'msckpt-bench-lora-'));
   try {
