@@ -6,7 +6,7 @@
 import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { inspectWeights } from '../plugin/formats/open.js';
+import { inspectWeights } from '../plugin/formats/inspect.js';
 import { openSafetensors } from '../plugin/formats/safetensors/index.js';
 import { loadRunConfig } from '../plugin/launcher/config.js';
 import { launchSources } from '../plugin/launcher/launch.js';

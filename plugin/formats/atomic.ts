@@ -10,6 +10,12 @@ import { crc32 } from 'node:zlib';
 
 let counter = 0;
 
+/**
+ * Written bytes after which a file is flushed to disk in the background (fdatasync, one at a time,
+ * while writing goes on), so that the fsync before the rename finds little left to write.
+ */
+export const BACKGROUND_SYNC_BYTES = 256 * 1024 * 1024;
+
 // ---- optional CRC-32 of a file computed while it is written (no read-back) ----------------------
 
 const MAX_CRC_SEGMENTS = 65536;
@@ -103,6 +109,10 @@ export class AtomicFile {
   private extent = 0;
   /** Runs of written bytes with their CRC-32 when a CRC was asked for; null = not tracked. */
   private segments: CrcSegment[] | null = null;
+  /** Bytes appended since the last background flush started; the flush in flight; its error. */
+  private unsynced = 0;
+  private syncing: Promise<void> | null = null;
+  private syncError: unknown = undefined;
 
   private constructor(path: string, tempPath: string, handle: FileHandle, trackCrc: boolean) {
     this.path = path;
@@ -166,6 +176,18 @@ export class AtomicFile {
     this.track(data, this.position);
     this.position += data.byteLength;
     this.extent = Math.max(this.extent, this.position);
+    this.unsynced += data.byteLength;
+    if (this.unsynced >= BACKGROUND_SYNC_BYTES && this.syncing === null) {
+      this.unsynced = 0;
+      this.syncing = h.datasync().then(
+        () => undefined,
+        (err: unknown) => {
+          this.syncError ??= err;
+        },
+      ).finally(() => {
+        this.syncing = null;
+      });
+    }
   }
 
   /** Write at an absolute position (used to patch headers); does not move the append position. */
@@ -184,6 +206,12 @@ export class AtomicFile {
   async commit(): Promise<FileCommit> {
     const h = this.requireOpen();
     this.handle = null;
+    if (this.syncing !== null) await this.syncing;
+    if (this.syncError !== undefined) {
+      await h.close().catch(() => undefined);
+      await rm(this.tempPath, { force: true });
+      throw this.syncError;
+    }
     await h.sync();
     await h.close();
     await rename(this.tempPath, this.path);
@@ -197,6 +225,7 @@ export class AtomicFile {
     const h = this.handle;
     if (h === null) return;
     this.handle = null;
+    if (this.syncing !== null) await this.syncing;
     await h.close().catch(() => undefined);
     await rm(this.tempPath, { force: true });
   }
