@@ -9,18 +9,20 @@
  *    its own: wall time, the share in the product kernel versus I/O, throughput, CPU time (worker
  *    threads included), peak RSS, and the ratio to `cp` + `sync` of the same output measured in
  *    the same run (merge at cp speed = 1.00), and the floor for any merge that moves the bytes
- *    through user space: the same output read and written through one buffer plus fsync, no
- *    product. On a loaded machine compare CPU time, not wall time.
+ *    through user space: the same output read and written through one band-sized buffer plus
+ *    fsync, no product. On a loaded machine compare CPU time, not wall time.
  */
 import { execa } from 'execa';
 import { mkdtemp, open, rm, stat } from 'node:fs/promises';
-import { availableParallelism, loadavg, tmpdir } from 'node:os';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createCheckpointSink } from '../plugin/formats/ckpt/index.js';
 import { fromFloat32, type DType } from '../plugin/formats/dtype.js';
 import { KernelPool, runKernel, type KernelJob } from '../plugin/lora/kernel.js';
+import { LORA_BAND_BYTES } from '../plugin/lora/merge.js';
 import { referenceKernel } from '../test/lora/kernel-reference.js';
+import { cpSyncSeconds, loadText } from './_copy.js';
 
 const HIDDEN = 2048;
 const FFN = 5632;
@@ -105,24 +107,14 @@ interface ChildResult {
   cpu: number;
 }
 
-/** Seconds `cp` plus `sync` of a file take (the copy removed after). */
-async function cpSyncSeconds(from: string, to: string): Promise<number> {
-  await execa('sync', []);
-  const t0 = performance.now();
-  await execa('cp', [from, to]);
-  await execa('sync', []);
-  const s = (performance.now() - t0) / 1000;
-  await rm(to, { force: true });
-  return s;
-}
-
 /**
- * The floor for any merge that moves the bytes through user space: read the file in 64 MiB pieces
- * into one buffer, write them to a new file, fsync (seconds; the copy removed after).
+ * The floor for any merge that moves the bytes through user space: read the file in pieces of the
+ * merge's band (1 MiB, which stays in the CPU caches; 64 MiB pieces measured 2-4x slower here) into
+ * one buffer, write them to a new file, fsync (seconds; the copy removed after).
  */
 async function userCopySeconds(from: string, to: string): Promise<{ read: number; write: number; sync: number }> {
   await execa('sync', []);
-  const buf = new Uint8Array(64 * 1024 * 1024);
+  const buf = new Uint8Array(LORA_BAND_BYTES);
   const src = await open(from, 'r');
   const dst = await open(to, 'w');
   let read = 0;
@@ -200,7 +192,7 @@ async function kernelFigures(): Promise<void> {
 }
 
 export async function run(): Promise<void> {
-  process.stdout.write(`load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} on ${availableParallelism()} cores\n`);
+  process.stdout.write(`${loadText()}\n`);
   await kernelFigures();
   const dir = await mkdtemp(join(tmpdir(), 'msckpt-bench-lora-'));
   try {
@@ -228,7 +220,7 @@ export async function run(): Promise<void> {
           `I/O ${res.io.toFixed(2)} s (${pct(res.io)}), ${(res.bytes / 2 ** 20 / res.wall).toFixed(0)} MiB/s, ` +
           `${res.merged} weights merged, CPU ${res.cpu.toFixed(1)} s, peak RSS ${(res.maxRssKiB / 1024).toFixed(0)} MiB; ` +
           `cp + sync ${cp.toFixed(2)} s: ratio ${(cp / res.wall).toFixed(2)}x cp\n` +
-          `  the same bytes read + written through a 64 MiB buffer + fsync (no product): ${ucAll.toFixed(2)} s ` +
+          `  the same bytes read + written through a ${LORA_BAND_BYTES / 2 ** 20} MiB buffer + fsync (no product): ${ucAll.toFixed(2)} s ` +
           `(read ${uc.read.toFixed(2)}, write ${uc.write.toFixed(2)}, fsync ${uc.sync.toFixed(2)}) = ${(cp / ucAll).toFixed(2)}x cp\n`,
       );
       await rm(out, { recursive: true, force: true });

@@ -13,6 +13,7 @@ import { createSafetensorsSink } from '../plugin/formats/safetensors/index.js';
 import { makeStrategy, writeStrategy } from '../plugin/formats/strategy/index.js';
 import type { ParamLayout, TensorMapEntry } from '../plugin/formats/strategy/model.js';
 import type { SinkTensor } from '../plugin/formats/types.js';
+import { cpSyncSeconds, loadText } from './_copy.js';
 
 const root = resolve(fileURLToPath(new URL('..', import.meta.url)));
 
@@ -36,16 +37,6 @@ async function child(module: string, body: string): Promise<ChildFigures> {
   const r = await execa(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: root, reject: false });
   if (r.exitCode !== 0) throw new Error(`child failed: ${String(r.stderr).slice(0, 500)}`);
   return JSON.parse(String(r.stdout)) as ChildFigures;
-}
-
-/** Seconds `cp -r` (plus sync) takes for the same output, measured in the same run. */
-async function cpSeconds(from: string, to: string): Promise<number> {
-  const t0 = performance.now();
-  await execa('cp', ['-r', from, to]);
-  await execa('sync', []);
-  const s = (performance.now() - t0) / 1000;
-  await rm(to, { recursive: true, force: true });
-  return s;
 }
 
 function line(label: string, bytes: number, f: ChildFigures): string {
@@ -83,7 +74,7 @@ export async function run(): Promise<void> {
       }
       await sink.close();
     }
-    process.stdout.write(`model: ${count} x [${rows},${cols}] Float16 = ${(full / 2 ** 20).toFixed(0)} MiB, mp=4 slices written in ${((performance.now() - t0) / 1000).toFixed(2)} s\n`);
+    process.stdout.write(`model: ${count} x [${rows},${cols}] Float16 = ${(full / 2 ** 20).toFixed(0)} MiB, mp=4 slices written in ${((performance.now() - t0) / 1000).toFixed(2)} s; ${loadText()}\n`);
 
     const f1 = await child('plugin/unify/index.ts', `await api.safetensorsToCkpt(${JSON.stringify(join(dir, 'st'))}, ${JSON.stringify(join(dir, 'ck'))});`);
     process.stdout.write(`${line('safetensors -> ckpt (4 files)', full, f1)}\n`);
@@ -101,9 +92,9 @@ export async function run(): Promise<void> {
         'plugin/transform/index.ts',
         `await api.transformCheckpoints({ srcCheckpoint: ${JSON.stringify(join(dir, src))}, srcStrategy: ${JSON.stringify(srcStrategy)}, dstStrategy: ${JSON.stringify(dstStrategy)}, dstDir: ${JSON.stringify(out)}, outputFormat: '${fmt}', progress: false });`,
       );
-      const cp = await cpSeconds(out, join(dir, 'out_cp'));
+      const cp = await cpSyncSeconds(out, join(dir, 'out_cp'));
       const ratio = full / f.seconds / (full / cp);
-      process.stdout.write(`${line(`${label} (mp4 -> mp2)`, full, f)}  cp -r ${(full / 2 ** 20 / cp).toFixed(0)} MiB/s, ratio ${ratio.toFixed(2)}\n`);
+      process.stdout.write(`${line(`${label} (mp4 -> mp2)`, full, f)}  cp -r + sync ${(full / 2 ** 20 / cp).toFixed(0)} MiB/s, ratio ${ratio.toFixed(2)}\n`);
       await rm(out, { recursive: true, force: true });
     }
     const uni = join(dir, 'unified');

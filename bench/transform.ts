@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { createCheckpointSink } from '../plugin/formats/ckpt/index.js';
 import { makeStrategy, writeStrategy } from '../plugin/formats/strategy/index.js';
 import type { ParamLayout, TensorMapEntry } from '../plugin/formats/strategy/model.js';
+import { cpSyncSeconds, loadText } from './_copy.js';
 
 const run$ = promisify(execFile);
 const BIN = resolve(fileURLToPath(new URL('../bin/msckpt.js', import.meta.url)));
@@ -74,20 +75,11 @@ async function transform(args: string[]): Promise<Report> {
   return JSON.parse(stdout) as Report;
 }
 
-async function cpSeconds(from: string, to: string): Promise<number> {
-  const t0 = process.hrtime.bigint();
-  await run$('cp', ['-r', from, to]);
-  await run$('sync', []);
-  const s = Number(process.hrtime.bigint() - t0) / 1e9;
-  await rm(to, { recursive: true, force: true });
-  return s;
-}
-
 function fmt(name: string, r: Report, cp: number): string {
   const gib = r.bytesWritten / GiB;
   const thr = gib / r.seconds;
   const cpThr = gib / cp;
-  return `${name.padEnd(34)} ${gib.toFixed(2)} GiB in ${r.seconds.toFixed(1)} s = ${(thr * 1024).toFixed(0)} MiB/s; cp -r ${(cpThr * 1024).toFixed(0)} MiB/s; ratio ${(thr / cpThr).toFixed(2)}; peak RSS ${(r.maxRssBytes / 1024 ** 2).toFixed(0)} MiB (${r.processes} proc)`;
+  return `${name.padEnd(34)} ${gib.toFixed(2)} GiB in ${r.seconds.toFixed(1)} s = ${(thr * 1024).toFixed(0)} MiB/s; cp -r + sync ${(cpThr * 1024).toFixed(0)} MiB/s; ratio ${(thr / cpThr).toFixed(2)}; peak RSS ${(r.maxRssBytes / 1024 ** 2).toFixed(0)} MiB (${r.processes} proc)`;
 }
 
 export async function run(): Promise<void> {
@@ -97,7 +89,7 @@ export async function run(): Promise<void> {
     const ts = model(layers);
     const complete = join(dir, 'complete.ckpt');
     const bytes = await generate(complete, ts);
-    process.stdout.write(`generated ${(bytes / GiB).toFixed(2)} GiB BFloat16 llama-like checkpoint (${ts.length} tensors)\n`);
+    process.stdout.write(`generated ${(bytes / GiB).toFixed(2)} GiB BFloat16 llama-like checkpoint (${ts.length} tensors); ${loadText()}\n`);
     const mp8 = await strategy(join(dir, 'mp8.ckpt'), ts, [8]);
     const dp2mp4 = await strategy(join(dir, 'dp2mp4.ckpt'), ts, [2, 4]);
     await transform(['--src-checkpoint', complete, '--dst-strategy', dp2mp4, '--dst-checkpoint-dir', join(dir, 'src_dp2mp4')]);
@@ -114,7 +106,7 @@ export async function run(): Promise<void> {
       for (const [name, args] of cases) {
         const out = join(dir, 'out');
         const r = await transform([...args, '--dst-checkpoint-dir', out, '--process-num', String(procs)]);
-        const cp = await cpSeconds(out, join(dir, 'out_cp'));
+        const cp = await cpSyncSeconds(out, join(dir, 'out_cp'));
         process.stdout.write(`${fmt(`${name} (process-num ${procs})`, r, cp)}\n`);
         await rm(out, { recursive: true, force: true });
       }

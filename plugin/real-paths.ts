@@ -5,7 +5,7 @@
  * every command and the launcher.
  */
 import { lstat, realpath } from 'node:fs/promises';
-import { dirname, isAbsolute, join, sep } from 'node:path';
+import { dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { InputError } from './errors.js';
 
 async function exists(p: string): Promise<boolean> {
@@ -80,26 +80,58 @@ export interface NamedPath {
   readonly path: string;
 }
 
+/** How an output relates to an input: the same path, the output contains the input, or lies inside it. */
+export type OverlapRelation = 'is' | 'contains' | 'lies inside';
+
+/** An output that overlaps an input, with both canonical paths. */
+export interface Overlap<O extends NamedPath = NamedPath, I extends NamedPath = NamedPath> {
+  readonly output: O & { readonly real: string };
+  readonly input: I & { readonly real: string };
+  readonly relation: OverlapRelation;
+}
+
+/**
+ * Every output that is, contains or lies inside an input, compared after resolving symlinks on
+ * both sides (`lexical: true`: `..` and trailing slashes only, nothing looked up on disk). The
+ * one comparison behind `refuseOverlaps` and the run-YAML rules.
+ */
+export async function findOverlaps<O extends NamedPath, I extends NamedPath>(
+  outputs: readonly O[], inputs: readonly I[], baseDir: string = process.cwd(), opts: { lexical?: boolean } = {},
+): Promise<Array<Overlap<O, I>>> {
+  const canon = async <T extends NamedPath>(p: T): Promise<T & { real: string }> => ({
+    ...p,
+    real: opts.lexical === true ? resolve(baseDir, p.path) : await canonicalPath(p.path, baseDir),
+  });
+  const outs = await Promise.all(outputs.map(canon));
+  const ins = await Promise.all(inputs.map(canon));
+  const found: Array<Overlap<O, I>> = [];
+  for (const o of outs) {
+    for (const i of ins) {
+      let relation: OverlapRelation | null = null;
+      if (o.real === i.real) relation = 'is';
+      else if (isSameOrInsideCanonical(i.real, o.real)) relation = 'contains';
+      else if (isSameOrInsideCanonical(o.real, i.real)) relation = 'lies inside';
+      if (relation !== null) found.push({ output: o, input: i, relation });
+    }
+  }
+  return found;
+}
+
+/** A path as given, with its canonical form when that differs. */
+export function shownPath(p: { readonly path: string; readonly real: string }): string {
+  return p.real === p.path ? p.path : `${p.path} (${p.real})`;
+}
+
 /**
  * Refuse (InputError, exit 2) when any output is, lies inside or contains any input, compared
  * after resolving symlinks on both sides. `outputs` are what the command writes or cleans; an
  * output folder that merely holds the inputs' parent is fine, one the inputs live in is not.
  */
 export async function refuseOverlaps(outputs: readonly NamedPath[], inputs: readonly NamedPath[], baseDir: string = process.cwd()): Promise<void> {
-  const canon = async (p: NamedPath): Promise<NamedPath & { real: string }> => ({ ...p, real: await canonicalPath(p.path, baseDir) });
-  const outs = await Promise.all(outputs.map(canon));
-  const ins = await Promise.all(inputs.map(canon));
-  for (const o of outs) {
-    for (const i of ins) {
-      let rel: string | null = null;
-      if (o.real === i.real) rel = 'is';
-      else if (isSameOrInsideCanonical(i.real, o.real)) rel = 'contains';
-      else if (isSameOrInsideCanonical(o.real, i.real)) rel = 'lies inside';
-      if (rel === null) continue;
-      const shown = (p: NamedPath & { real: string }): string => (p.real === p.path ? p.path : `${p.path} (${p.real})`);
-      throw new InputError(
-        `${o.what} ${shown(o)} ${rel} ${i.what} ${shown(i)}: writing there could overwrite or remove what is read; choose another ${o.what}`,
-      );
-    }
-  }
+  const first = (await findOverlaps(outputs, inputs, baseDir))[0];
+  if (first === undefined) return;
+  const { output: o, input: i, relation } = first;
+  throw new InputError(
+    `${o.what} ${shownPath(o)} ${relation} ${i.what} ${shownPath(i)}: writing there could overwrite or remove what is read; choose another ${o.what}`,
+  );
 }

@@ -1,12 +1,12 @@
 /**
  * One rank_N tree whose folders hold several files: inspect, plan, transform, unify, lora-merge
- * and the launcher's source listing all take the same file of each folder (the newest), and a
+ * the launcher's source listing and validate all take the same file of each folder (the newest), and a
  * wrong pick would show in the bytes (the other files hold other values).
  */
 import { mkdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { inspectWeights } from '../plugin/formats/open.js';
+import { inspectWeights } from '../plugin/formats/inspect.js';
 import { openSafetensors } from '../plugin/formats/safetensors/index.js';
 import { loadRunConfig } from '../plugin/launcher/config.js';
 import { launchSources } from '../plugin/launcher/launch.js';
@@ -17,9 +17,10 @@ import { transformCheckpoints } from '../plugin/transform/index.js';
 import { unifySafetensors } from '../plugin/unify/index.js';
 import { layout, randomTensor, readCkpt, rng, sliceOf, writeCkpt, writeStrategyFile, type T } from './lora/helpers.js';
 import { withTempDir } from './transform/helpers.js';
+import { runCli } from './helpers/cli.js';
 
 describe('one rank_N tree, one file per folder for every command', () => {
-  it('inspect, plan, transform, unify, lora-merge and the launcher take the newest file of each folder', async () => {
+  it('inspect, plan, transform, unify, lora-merge, validate and the launcher take the newest file of each folder', async () => {
     await withTempDir(async (dir) => {
       const rand = rng(5);
       const model: T[] = [
@@ -61,6 +62,11 @@ describe('one rank_N tree, one file per folder for every command', () => {
       const cfg = await loadRunConfig(join(dir, 'run.yaml'), { worldSize: 2, cwd: dir });
       const listed = await launchSources(cfg);
       expect(listed.map((s) => s.resolved.kind === 'ranks' && s.resolved.ranks.map((x) => x.file.path))).toEqual([want]);
+      // validate shows the same files
+      const v = await runCli(['validate', join(dir, 'run.yaml'), '--world-size', '2', '--cwd', dir, '--json']);
+      expect(v.exitCode, v.stderr).toBe(0);
+      const sources = (JSON.parse(v.stdout) as { sources: Array<{ files: Array<{ path: string }> }> }).sources;
+      expect(sources.map((x) => x.files.map((f) => f.path))).toEqual([want]);
 
       // transform (merge to one file): the bytes are the right file's
       await transformCheckpoints({ srcCheckpoint: tree, srcStrategy: join(dir, 'strategy.ckpt'), dstDir: join(dir, 'merged') });

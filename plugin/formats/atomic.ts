@@ -9,7 +9,7 @@
  *   folder that cannot be created is reported for what it is (a read-only parent is EROFS or
  *   EACCES, not the ENOENT Node's recursive mkdir says);
  * - the temporary files of this process are known, so that an interrupted command removes them
- *   (`removeLiveTempFilesSync`, called from a signal handler);
+ *   (`removeLiveTempFiles`, on the way out after a signal or a dead parent);
  * - a process may forbid commits (`setCommitGuard`: a worker whose parent died commits nothing).
  */
 import { rmSync } from 'node:fs';
@@ -92,12 +92,6 @@ function systemError(code: string, syscall: string, path: string): NodeJS.ErrnoE
 }
 
 /**
- * The temporary name pattern of `tempNameFor`: `.<name>.<pid>.<n>.tmp`. Files of this shape in a
- * folder msckpt writes are its own leftovers.
- */
-export const TEMP_NAME_RE = /^\.(.+)\.(\d+)\.(\d+)\.tmp$/;
-
-/**
  * `mkdir -p` that reports the real reason a folder cannot be made: Node's recursive mkdir says
  * ENOENT when a parent is read-only or not writable; then the first missing component is made
  * alone to get EROFS/EACCES. Errors are ours (`fromSystemError`).
@@ -135,6 +129,12 @@ export async function makeDirs(path: string, action?: string): Promise<void> {
     throw fromSystemError(err, path, action);
   }
 }
+
+/**
+ * Written bytes after which a file is flushed to disk in the background (fdatasync, one at a time,
+ * while writing goes on), so that the fsync before the rename finds little left to write.
+ */
+export const BACKGROUND_SYNC_BYTES = 256 * 1024 * 1024;
 
 // ---- optional CRC-32 of a file computed while it is written (no read-back) ----------------------
 
@@ -208,6 +208,17 @@ export function tempNameFor(path: string): string {
   return join(dirname(path), `.${basename(path)}.${process.pid}.${counter}.tmp`);
 }
 
+const TEMP_NAME = /^\.(.+)\.(\d+)\.(\d+)\.tmp$/;
+
+/**
+ * The final name and writing process of a temporary name `tempNameFor` makes (a file name, not
+ * a path), or undefined when `name` is not one: what a clean-up may recognise as ours.
+ */
+export function tempNameTarget(name: string): { name: string; pid: number } | undefined {
+  const m = TEMP_NAME.exec(name);
+  return m === null ? undefined : { name: m[1] as string, pid: Number(m[2]) };
+}
+
 /** A file being written under a temporary name. */
 export class AtomicFile {
   readonly path: string;
@@ -218,6 +229,10 @@ export class AtomicFile {
   private extent = 0;
   /** Runs of written bytes with their CRC-32 when a CRC was asked for; null = not tracked. */
   private segments: CrcSegment[] | null = null;
+  /** Bytes appended since the last background flush started; the flush in flight; its error. */
+  private unsynced = 0;
+  private syncing: Promise<void> | null = null;
+  private syncError: unknown = undefined;
 
   private constructor(path: string, tempPath: string, handle: FileHandle, trackCrc: boolean) {
     this.path = path;
@@ -302,6 +317,18 @@ export class AtomicFile {
     this.track(data, this.position);
     this.position += data.byteLength;
     this.extent = Math.max(this.extent, this.position);
+    this.unsynced += data.byteLength;
+    if (this.unsynced >= BACKGROUND_SYNC_BYTES && this.syncing === null) {
+      this.unsynced = 0;
+      this.syncing = h.datasync().then(
+        () => undefined,
+        (err: unknown) => {
+          this.syncError ??= err;
+        },
+      ).finally(() => {
+        this.syncing = null;
+      });
+    }
   }
 
   /** Write at an absolute position (used to patch headers); does not move the append position. */
@@ -324,6 +351,12 @@ export class AtomicFile {
   async commit(): Promise<FileCommit> {
     const h = this.requireOpen();
     this.handle = null;
+    if (this.syncing !== null) await this.syncing;
+    if (this.syncError !== undefined) {
+      await h.close().catch(() => undefined);
+      await this.dropTemp();
+      throw this.syncError;
+    }
     try {
       await h.sync();
       await h.close();
@@ -350,6 +383,7 @@ export class AtomicFile {
     const h = this.handle;
     if (h === null) return;
     this.handle = null;
+    if (this.syncing !== null) await this.syncing;
     await h.close().catch(() => undefined);
     await this.dropTemp();
   }

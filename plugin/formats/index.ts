@@ -11,3 +11,5 @@ export * from './detect.js';
 export * from './resolve.js';
 export * from './open.js';
 export * from './source-index.js';
+export * from './inspect.js';
+export * from './param-names.js';

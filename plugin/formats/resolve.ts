@@ -337,6 +337,42 @@ export async function resolveStrategy(path: string): Promise<ResolvedStrategy> {
   return { kind: 'strategy-folder', path, files };
 }
 
+/** What a path holds: weights (with the HF `config.json` of a model folder) or a strategy. */
+export type ResolvedPath =
+  | { readonly role: 'weights'; readonly weights: ResolvedWeights; readonly config: FoundFile | null }
+  | { readonly role: 'strategy'; readonly strategy: ResolvedStrategy };
+
+/**
+ * Whether `path` holds weights or a strategy, for commands that take either (`inspect`), through
+ * `resolveWeights` and `resolveStrategy`. A file is told by content. A folder is a strategy
+ * folder when it holds no rank_N folders, no safetensors, index or param_name_map.json, and its
+ * first `*.ckpt` (else `*.json`) file is a strategy by content (mindformers' `output/strategy`);
+ * otherwise weights, with `config` set when the folder holds an HF `config.json` beside
+ * safetensors weights (an HF model folder).
+ */
+export async function resolvePath(path: string, opts: ResolveOptions = {}): Promise<ResolvedPath> {
+  const st = await statOrNull(path);
+  if (st === null) throw new InputError('no such file or directory', { file: path });
+  if (!st.isDirectory()) {
+    const kind = await detectKind(path);
+    if (kind === 'strategy' || kind === 'strategy-json') return { role: 'strategy', strategy: await resolveStrategy(path) };
+    return { role: 'weights', weights: await resolveWeights(path, opts), config: null };
+  }
+  const listing = await listFolder(path, true);
+  const names = listing.files.map((f) => f.name);
+  if (listing.ranks.size === 0 && !names.some((n) => formatOfName(n) === 'safetensors' || n === 'param_name_map.json' || n.endsWith('.index.json'))) {
+    const first = names.find((n) => EXT.ckpt.test(n)) ?? names.find((n) => /\.json$/i.test(n) && n !== 'config.json');
+    if (first !== undefined) {
+      const kind = await detectKind(join(path, first));
+      if (kind === 'strategy' || kind === 'strategy-json') return { role: 'strategy', strategy: await resolveStrategy(path) };
+    }
+  }
+  const weights = await resolveWeights(path, opts);
+  const cfg = listing.files.find((f) => f.name === 'config.json');
+  const hf = cfg !== undefined && weights.format === 'safetensors' && (weights.kind === 'index' || weights.kind === 'files');
+  return { role: 'weights', weights, config: hf ? await foundFile(join(path, 'config.json'), cfg.st) : null };
+}
+
 /**
  * Every weights file of `format` at `path`: the file itself, or a folder's own files and every
  * file of each rank_N folder (all candidates, not only the one that counts), in name order, for

@@ -31,26 +31,27 @@
  */
 import { execa } from 'execa';
 import { existsSync, realpathSync } from 'node:fs';
-import { mkdir, readdir, rm, rmdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { formatBytes } from '../units.js';
 import { CoordinationError, Coordinator, DEFAULT_JOIN_TIMEOUT_MS, defaultPollInterval, type HeartbeatHandle } from '../coordination/coordinator.js';
 import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { formatDuration } from '../units.js';
-import { describeError, FailureError, InputError } from '../errors.js';
+import { describeError, FailureError, fromSystemError, InputError, MsckptError } from '../errors.js';
 import { writeFileAtomic } from '../formats/atomic.js';
 import { mergeStrategies } from '../formats/strategy/merge.js';
 import { openWeights } from '../formats/open.js';
 import { defaultSourceIO, type SourceIO } from '../formats/source-index.js';
 import { DEFAULT_MEMORY, loadPlan, planRank, readPlanFile, writePlanFile, type Plan } from '../plan/index.js';
-import { writeRanks, type RankWriterFaults } from '../transform/rank-writer.js';
+import { writeRanks, type CommittedRankFile } from '../transform/rank-writer.js';
 import { resolveWeights, sourceStem, type ResolvedWeights } from '../formats/resolve.js';
 import {
   assignConverters, checkRunConfig, commandOverrides, convertedLoadPath, deriveRunConfig, detectMindformersVersion, formatConfigProblem,
-  rewriteCommand, RunConfigError, type ConverterAssignment, type FoundVersion, type RunConfig, type RunConfigReport,
+  launchPathConflicts, rewriteCommand, RunConfigError, type ConverterAssignment, type FoundVersion, type RunConfig, type RunConfigReport,
 } from './config.js';
 import { jobIdentity, msrunClusterTimeoutMs, MSRUN_VARS, rankIdentity, type RankIdentity } from './identity.js';
+import { cleanJobOutputs, Ledger, removeOwnTempFiles, strategyPassFiles } from './ledger.js';
 
 export interface LaunchOptions {
   /** The run YAML (never modified). */
@@ -100,13 +101,22 @@ export interface LaunchOptions {
    * headers once while planning; converter ranks open the sources from the plan file's indexes.
    */
   readonly sourceIO?: SourceIO;
-  /** Fault injection for tests (`msckpt launch --test-fault RANK:FILES:throw|kill`): that converter rank fails after that many files. */
+  /** Fault injection for tests (`msckpt launch --test-fault RANK:POINT:ACTION`, see LaunchFaults). */
   readonly faults?: LaunchFaults;
 }
 
-/** A converter rank that fails on purpose (tests). */
-export interface LaunchFaults extends RankWriterFaults {
+/**
+ * A rank that fails on purpose (tests), at a point of the launch: after `files` converted files
+ * are committed (and recorded), `mid`-write of the next one (its first band), or at a named
+ * point (`clean`: after the clean, before the others go on; `planned`: once the conversion is
+ * planned; `train`: just before the training command starts). `throw` fails with an error,
+ * `kill` is SIGKILL, `enospc` fails as a full disk would, `hold` waits there until the rank is
+ * stopped by a signal.
+ */
+export interface LaunchFaults {
   readonly rank: number;
+  readonly at: { readonly files: number; readonly mid: boolean } | 'clean' | 'planned' | 'train';
+  readonly action: 'throw' | 'kill' | 'enospc' | 'hold';
 }
 
 /** How a job with `load_ckpt_format: safetensors` gets its slices (see LaunchOptions). */
@@ -210,79 +220,51 @@ async function runCommand(
   }
 }
 
-const STRATEGY_FILE = /^.+_rank_\d+\.(ckpt|json)$/;
-const MERGED_FILES = new Set(['merged_ckpt_strategy.ckpt', 'merged_ckpt_strategy.json', 'merge_succeed.txt']);
-const TRANSFORMED_FILE = /^(checkpoint_\d+\.(ckpt|safetensors)|\.checkpoint_\d+\.(ckpt|safetensors)\.\d+\.\d+\.tmp)$/;
-const TRANSFORMED_MARKERS = /^(transform_manifest\.json|transform_(succeed|failed)_rank_\d+\.txt)$/;
+export { cleanJobOutputs, planClean, type CleanOptions, type CleanPlan, type CleanReport } from './ledger.js';
 
-async function listNames(dir: string): Promise<Array<{ name: string; dir: boolean }>> {
-  try {
-    return (await readdir(dir, { withFileTypes: true })).map((d) => ({ name: d.name, dir: d.isDirectory() }));
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
+/** The launch was stopped by SIGINT or SIGTERM (before training). */
+export class StoppedError extends FailureError {
+  constructor(readonly signal: NodeJS.Signals) {
+    super(`stopped by ${signal}`);
   }
 }
 
-export interface CleanReport {
-  /** Files removed. */
-  readonly removed: number;
-  /** Files left because msckpt did not create them. */
-  readonly kept: readonly string[];
+/** A stop asked for by a signal: converters check it between bands, the steps between them. */
+class StopRequest {
+  signal: NodeJS.Signals | undefined;
+  private readonly waiters: Array<() => void> = [];
+
+  /** True for the first request. */
+  request(sig: NodeJS.Signals): boolean {
+    if (this.signal !== undefined) return false;
+    this.signal = sig;
+    for (const w of this.waiters.splice(0)) w();
+    return true;
+  }
+
+  /** Throws StoppedError once a stop was asked for. */
+  check(): void {
+    if (this.signal !== undefined) throw new StoppedError(this.signal);
+  }
+
+  /** Resolves when a stop is asked for. */
+  wait(): Promise<void> {
+    if (this.signal !== undefined) return Promise.resolve();
+    return new Promise((res) => this.waiters.push(res));
+  }
 }
 
-/**
- * Empty a job's output/strategy and output/transformed_checkpoint of what msckpt or a strategy
- * pass writes there (strategy files `*_rank_N.ckpt`, merged strategies, `<name>/rank_N/checkpoint_N.ckpt`,
- * markers, manifests), removing folders left empty. Anything else is kept and listed. With
- * `ranks` (one node's ranks, no shared disk), other ranks' strategy files and rank folders are
- * left alone.
- */
-export async function cleanJobOutputs(strategyDir: string, transformedDir: string, ranks?: readonly number[]): Promise<CleanReport> {
-  let removed = 0;
-  const kept: string[] = [];
-  const mine = ranks === undefined ? null : new Set(ranks);
-  const othersRank = (name: string): boolean => {
-    const m = /_(\d+)(\.[a-z]+)?$/.exec(name);
-    return mine !== null && m !== null && !mine.has(Number(m[1]));
-  };
-  for (const e of await listNames(strategyDir)) {
-    const p = join(strategyDir, e.name);
-    if (!e.dir && STRATEGY_FILE.test(e.name) && othersRank(e.name)) continue;
-    if (!e.dir && (STRATEGY_FILE.test(e.name) || MERGED_FILES.has(e.name))) {
-      await rm(p, { force: true });
-      removed++;
-    } else kept.push(p);
-  }
-  for (const n of await listNames(transformedDir)) {
-    const nameDir = join(transformedDir, n.name);
-    if (!n.dir) {
-      if (TRANSFORMED_MARKERS.test(n.name)) {
-        await rm(nameDir, { force: true });
-        removed++;
-      } else kept.push(nameDir);
-      continue;
-    }
-    for (const e of await listNames(nameDir)) {
-      const p = join(nameDir, e.name);
-      if (e.dir && /^rank_\d+$/.test(e.name)) {
-        if (othersRank(e.name)) continue;
-        for (const f of await listNames(p)) {
-          const fp = join(p, f.name);
-          if (!f.dir && TRANSFORMED_FILE.test(f.name)) {
-            await rm(fp, { force: true });
-            removed++;
-          } else kept.push(fp);
-        }
-        await rmdir(p).catch(() => undefined);
-      } else if (!e.dir && TRANSFORMED_MARKERS.test(e.name)) {
-        await rm(p, { force: true });
-        removed++;
-      } else kept.push(p);
-    }
-    await rmdir(nameDir).catch(() => undefined);
-  }
-  return { removed, kept };
+/** A point of the launch a test fault may fire at (see LaunchFaults). */
+type FaultPoint = { files: number; mid: boolean } | 'clean' | 'planned' | 'train';
+
+function faultMatches(at: LaunchFaults['at'], point: FaultPoint): boolean {
+  if (typeof at === 'string' || typeof point === 'string') return at === point;
+  return at.files === point.files && at.mid === point.mid;
+}
+
+function describePoint(p: FaultPoint): string {
+  if (typeof p === 'string') return `'${p}'`;
+  return p.mid ? `the middle of converted file ${p.files + 1}` : `${p.files} converted file(s)`;
 }
 
 /** True when every destination rank r takes each tensor whole, unchanged, from source rank r. */
@@ -312,13 +294,52 @@ interface Ctx {
   log: (line: string) => void;
   command: readonly string[];
   io: SourceIO;
+  /** This rank's part of the record of what msckpt writes under output_dir. */
+  ledger: Ledger;
+  stop: StopRequest;
+  faults: LaunchFaults | undefined;
+  /** Converted files this rank committed so far. */
+  committed: number;
+  /** Folders this process writes temporary files in (removed when it is stopped). */
+  tempDirs: Set<string>;
 }
 
-/** The derived YAML for `purpose`, written under output/msckpt (per rank, so no two ranks race). */
+/** Fire this rank's test fault if it is set for `point`. */
+async function fault(ctx: Ctx, point: FaultPoint): Promise<void> {
+  const f = ctx.faults;
+  if (f === undefined || f.rank !== ctx.id.rank || !faultMatches(f.at, point)) return;
+  const where = describePoint(point);
+  switch (f.action) {
+    case 'kill':
+      ctx.log(`test fault: killed at ${where}`);
+      process.kill(process.pid, 'SIGKILL');
+      await new Promise(() => undefined);
+      return;
+    case 'enospc':
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' });
+    case 'hold': {
+      ctx.log(`test fault: holds at ${where} until stopped`);
+      const alive = setInterval(() => undefined, 1 << 30); // nothing else may keep the process up meanwhile
+      await ctx.stop.wait();
+      clearInterval(alive);
+      ctx.stop.check();
+      return;
+    }
+    case 'throw':
+      throw new FailureError(typeof point === 'string' || point.mid ? `injected failure at ${where}` : `injected failure after ${point.files} file(s)`);
+  }
+}
+
+/** The derived YAML for `purpose`, written under output/msckpt (per rank, so no two ranks race) and recorded. */
 async function writeDerived(ctx: Ctx, purpose: string, overrides: Record<string, unknown>): Promise<string> {
   const path = ctx.cfg.paths.derivedConfig(`${purpose}_rank_${ctx.id.rank}`);
-  await mkdir(ctx.cfg.paths.msckptDir, { recursive: true });
-  await writeFileAtomic(path, deriveRunConfig(ctx.cfg, overrides));
+  try {
+    await mkdir(ctx.cfg.paths.msckptDir, { recursive: true });
+    await writeFileAtomic(path, deriveRunConfig(ctx.cfg, overrides));
+  } catch (err) {
+    throw fromSystemError(err, (err as NodeJS.ErrnoException).path ?? path, 'writing the derived run YAML');
+  }
+  await ctx.ledger.written([path], 'derived run YAML');
   return path;
 }
 
@@ -379,7 +400,6 @@ async function strategyStep(ctx: Ctx, coord: Coordinator, dstOverride: string | 
   if (!cfg.useParallel) return null; // one complete checkpoint
   if (dstOverride !== undefined) {
     const p = abs(ctx, dstOverride);
-    if (!existsSync(p)) throw new InputError('destination strategy not found', { file: p });
     log(`destination strategy: ${p} (given)`);
     return p;
   }
@@ -388,16 +408,25 @@ async function strategyStep(ctx: Ctx, coord: Coordinator, dstOverride: string | 
   const passCommand = derivedCommand(ctx.command, yamlPath, STRATEGY_PASS_OVERRIDES);
   if (id.rank === coord.leader) log(`strategy-only pass: ${passCommand.join(' ')}`);
   const r = await runCommand(passCommand, { cwd: ctx.cwd, env: childEnv(ctx), captureTail: true });
+  ctx.stop.check(); // the pass got the signal too
   if (r.code !== 0) {
     throw new FailureError(`the strategy-only pass exited with code ${r.code}${r.tail !== '' ? `: ${r.tail.split('\n').slice(-3).join(' | ')}` : ''}`);
   }
   if (!existsSync(mine)) throw new FailureError(`the strategy-only pass ended but wrote no ${mine}`);
   await coord.publish('strategy'); // no data: every rank reads a barrier's data
   await coord.waitAll('strategy', { what: "every rank's strategy file" });
+  if (id.rank === coord.leader) await ctx.ledger.written(await strategyPassFiles(cfg.paths, ctx.shared ? undefined : ctx.group), 'strategy-only pass');
   if (cfg.parallelConfig.pipelineStage > 1) {
     if (id.rank === coord.leader) {
+      ctx.stop.check();
       const files = coord.ranks.map((r) => cfg.paths.strategyFile(r));
-      const rep = await mergeStrategies(files, cfg.paths.mergedStrategy);
+      let rep;
+      try {
+        rep = await mergeStrategies(files, cfg.paths.mergedStrategy);
+      } catch (err) {
+        throw fromSystemError(err, (err as NodeJS.ErrnoException).path ?? cfg.paths.mergedStrategy, 'merging the strategies');
+      }
+      await ctx.ledger.written([cfg.paths.mergedStrategy], 'merge of the pipeline strategies');
       log(`merged ${rep.files} strategy files (stages ${rep.stages.join(', ')}) into ${cfg.paths.mergedStrategy}`);
       await coord.publish('merged');
     } else {
@@ -443,6 +472,11 @@ async function checkStep(ctx: Ctx, coord: Coordinator, dst: string | null, memor
   // with several sources, reuse only when all match (the derived YAML names one folder)
   if (names.length > 1 && names.some((n) => !n.reuse)) for (const n of names) n.reuse = false;
   const result: CheckResult = { names, dstStrategy: dst };
+  // the files the converters will write are recorded before any of them starts
+  if (!cfg.onlySaveStrategy) {
+    await ctx.ledger.planned(names.filter((n) => !n.reuse).flatMap((n) => n.ranks.map((r) => transformedFile(cfg, n.name, r.rank))), 'the conversion plan');
+  }
+  ctx.stop.check();
   // every rank reads what is published: only what the others need (no per-rank table)
   await coord.publish('checked', { names: names.map(({ ranks: _r, dropped: _d, ...rest }) => ({ ...rest, ranks: [], dropped: [] })), dstStrategy: dst });
   return result;
@@ -474,30 +508,56 @@ function describePlan(ctx: Ctx, check: CheckResult, converters: readonly Convert
 /**
  * A converter rank's share of one source: the plan the leader wrote (loaded from its file,
  * checked against the published fingerprint; no source header is read, no strategy merged), its
- * destination slices written by the one rank writer. Returns the files written.
+ * destination slices written by the one rank writer, each file recorded in the ledger as it is
+ * committed. Stops between bands when the rank is stopped (the writer removes the temporary files
+ * of the files it has not committed). Returns the files written.
  */
-async function convertSlices(ctx: Ctx, name: NameCheck, slices: readonly number[], memory: number, hb: HeartbeatHandle, faults: RankWriterFaults | undefined): Promise<number> {
-  const { cfg } = ctx;
+async function convertSlices(ctx: Ctx, name: NameCheck, slices: readonly number[], memory: number, hb: HeartbeatHandle): Promise<number> {
+  const { cfg, id } = ctx;
   if (name.plan === null) throw new FailureError(`no plan was written for ${name.name}`);
   const plan = await readPlanFile(name.plan.file, name.plan.fingerprint);
-  const total = slices.reduce((s, r) => s + (name.ranks.find((x) => x.rank === r)?.bytesWritten ?? 0), 0);
+  const mine = new Set(slices);
+  const total = plan.ranks.reduce((s, r) => s + (mine.has(r.rank) ? r.bytesWritten : 0), 0);
+  for (const r of slices) ctx.tempDirs.add(cfg.paths.transformedRankDir(name.name, r));
   let done = 0;
   let label = name.name;
-  const r = await writeRanks({
-    plan, ranks: slices, format: cfg.loadCkptFormat, memory, io: ctx.io,
-    // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
-    outputPath: (rank) => transformedFile(cfg, name.name, rank),
-    onGroup: (ranks) => {
-      label = ranks.length === 1 ? `${name.name}/rank_${ranks[0]}` : `${name.name}/rank_${ranks[0]}..${ranks[ranks.length - 1]}`;
-      hb.update({ done, total, label });
-    },
-    onBytes: (n) => {
-      done += n;
-      hb.update({ done, total, label });
-    },
-    ...(faults !== undefined ? { faults } : {}),
-  });
-  return r.files.length;
+  let group: readonly number[] = [];
+  let midFired = -1;
+  try {
+    const r = await writeRanks({
+      plan, ranks: slices, format: cfg.loadCkptFormat, memory, io: ctx.io,
+      // the job's format; safetensors as MindSpore writes it (keys sorted, {"format":"ms"})
+      outputPath: (rank) => transformedFile(cfg, name.name, rank),
+      onGroup: (ranks) => {
+        group = ranks;
+        label = ranks.length === 1 ? `${name.name}/rank_${ranks[0]}` : `${name.name}/rank_${ranks[0]}..${ranks[ranks.length - 1]}`;
+        hb.update({ done, total, label });
+      },
+      onBytes: (n) => {
+        done += n;
+        hb.update({ done, total, label });
+      },
+      onBand: async () => {
+        ctx.stop.check();
+        if (midFired !== ctx.committed) {
+          midFired = ctx.committed;
+          await fault(ctx, { files: ctx.committed, mid: true });
+        }
+      },
+      onCommit: async (file: CommittedRankFile) => {
+        await ctx.ledger.written([{ path: file.path, crc32: file.crc32 }], `converter rank ${id.rank}`);
+        ctx.committed += 1;
+        await fault(ctx, { files: ctx.committed, mid: false });
+        ctx.stop.check();
+      },
+    });
+    return r.files.length;
+  } catch (err) {
+    if (err instanceof MsckptError) throw err;
+    // a system error of the writes (ENOSPC, EACCES, EROFS, ...): the file (or the group's folder) it happened on
+    const where = (err as NodeJS.ErrnoException).path ?? (group.length === 1 ? transformedFile(cfg, name.name, group[0] as number) : join(cfg.paths.transformedDir, name.name));
+    throw fromSystemError(err, where, 'writing the converted weights');
+  }
 }
 
 /** `msckpt.safetensors_slicing` of the YAML (validated by the schema), default `convert`. */
@@ -623,13 +683,15 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     ? Array.from({ length: id.worldSize }, (_v, i) => i)
     : Array.from({ length: id.localWorkerNum }, (_v, i) => id.nodeRank * id.localWorkerNum + i).filter((r) => r < id.worldSize);
   const leader = group[0] as number;
-  const ctx: Ctx = { cfg, id, env, cwd, log, command: opts.command, group, shared, io: opts.sourceIO ?? defaultSourceIO };
   if (!shared && cfg.useParallel && cfg.parallelConfig.pipelineStage > 1 && dstOverride === undefined) {
     throw new InputError(
       'without a shared disk a node sees only its own ranks\' strategy files, which do not describe every pipeline stage; ' +
         'run a strategy-only dry run, merge the strategies (msckpt merge-strategy) and pass the merged file with --dst-strategy (or msckpt.dst_strategy)',
     );
   }
+  // every path it reads against every folder it writes or empties, flags and YAML alike, before
+  // anything is written or removed
+  await refusePathConflicts(cfg, opts.dstStrategy, fromCommand.overrides);
   if (id.rank === leader) {
     log(
       `${cfg.onlySaveStrategy ? 'strategy-only dry run' : 'automatic conversion'} for ${id.worldSize} ranks; ` +
@@ -650,40 +712,69 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     }
   })();
   const job = jobIdentity(env, yamlReal, id.worldSize);
-  const coord = await Coordinator.open({
-    root: shared ? join(cfg.paths.msckptDir, 'coord') : join(cfg.paths.msckptDir, 'coord', `node_${id.nodeRank}`),
-    rank: id.rank,
-    ranks: group,
-    leader,
-    sharedDisk: polling,
-    ...(pollInterval !== undefined ? { pollInterval } : {}),
-    barrierTimeoutMs: barrierMs,
-    heartbeatTimeoutMs: heartbeatMs,
-    joinTimeoutMs: opts.joinTimeoutMs ?? (settings.joinTimeout !== undefined ? settings.joinTimeout * 1000 : undefined) ?? msrunClusterTimeoutMs(env) ?? DEFAULT_JOIN_TIMEOUT_MS,
-    job: { id: job.id, yaml: yamlReal, details: job.details, lockDir: cfg.paths.msckptDir },
-  });
+  const ctx: Ctx = {
+    cfg, id, env, cwd, log, command: opts.command, group, shared, io: opts.sourceIO ?? defaultSourceIO,
+    ledger: new Ledger(cfg.paths, id.rank, job.id), stop: new StopRequest(), faults: opts.faults, committed: 0,
+    tempDirs: new Set([cfg.paths.msckptDir, cfg.paths.strategyDir]),
+  };
+  try {
+    await mkdir(cfg.paths.msckptDir, { recursive: true });
+  } catch (err) {
+    throw fromSystemError(err, (err as NodeJS.ErrnoException).path ?? cfg.paths.msckptDir, 'creating the folder');
+  }
+
+  // SIGINT/SIGTERM before training: tell the other ranks at once, stop the converter between two
+  // bands (its temporary files removed), leave with one line and 128 + the signal's number; a
+  // second signal leaves at once. During training the command gets the signal (runCommand).
+  let coord: Coordinator | undefined;
+  let stage = 'join';
+  let told: Promise<void> = Promise.resolve();
+  const onSignal = (sig: NodeJS.Signals): void => {
+    const firstRequest = ctx.stop.request(sig);
+    if (!firstRequest || coord === undefined) {
+      removeOwnTempFiles([...ctx.tempDirs]);
+      log(`stopped by ${sig} ${coord === undefined ? 'before the ranks had joined' : `during '${stage}' (second signal)`}`);
+      process.exit(signalNumber(sig));
+    }
+    const c = coord;
+    told = c.fail(stage, new StoppedError(sig)).then(() => c.close()).catch(() => undefined);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  let trainYaml: string;
+  let trainOverrides: Record<string, unknown> = {};
+  try {
+    try {
+      coord = await Coordinator.open({
+        root: shared ? join(cfg.paths.msckptDir, 'coord') : join(cfg.paths.msckptDir, 'coord', `node_${id.nodeRank}`),
+        rank: id.rank,
+        ranks: group,
+        leader,
+        sharedDisk: polling,
+        ...(pollInterval !== undefined ? { pollInterval } : {}),
+        barrierTimeoutMs: barrierMs,
+        heartbeatTimeoutMs: heartbeatMs,
+        joinTimeoutMs: opts.joinTimeoutMs ?? (settings.joinTimeout !== undefined ? settings.joinTimeout * 1000 : undefined) ?? msrunClusterTimeoutMs(env) ?? DEFAULT_JOIN_TIMEOUT_MS,
+        job: { id: job.id, yaml: yamlReal, details: job.details, lockDir: cfg.paths.msckptDir },
+      });
+    } catch (err) {
+      throw fromSystemError(err, (err as NodeJS.ErrnoException).path ?? cfg.paths.msckptDir, 'joining the other ranks');
+    }
+  } catch (err) {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    throw err;
+  }
   if (id.rank === leader) {
     log(
       `job ${job.id} holds ${cfg.paths.msckptDir} (${job.from === 'msrun' ? `msrun scheduler ${job.details['scheduler']}` : 'no msrun scheduler address in the environment: known by its YAML and world size'}); ` +
         `all ${group.length} ranks joined`,
     );
   }
-  let stage = 'clean';
+  stage = 'clean';
   await coord.setStage(stage);
-  let trainYaml: string;
-  let trainOverrides: Record<string, unknown> = {};
-  // stopped by a signal before training: tell the other ranks, then die of the same signal
-  const onSignal = (sig: NodeJS.Signals): void => {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    void coord
-      .fail(stage, new FailureError(`stopped by ${sig}`))
-      .finally(() => coord.close())
-      .finally(() => process.kill(process.pid, sig));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
   try {
+    ctx.stop.check();
     // 1b. the installed mindformers decides which release's rules apply: found once per group
     // (by its leader, from the training command's Python) and shared through the coordinator
     if (!versionKnown) {
@@ -699,30 +790,38 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       const again = await judge(true, found ?? undefined);
       if (!again.ok || again.config === null) throw new RunConfigError(again.file, again.errors);
       ctx.cfg = cfg = again.config;
+      await refusePathConflicts(cfg, opts.dstStrategy, fromCommand.overrides);
       tell(again, false);
       stage = 'clean';
+      ctx.stop.check();
     }
     if (id.rank === 0) log(cfg.release.description);
 
-    // 2. clean
+    // 2. clean: only what msckpt (or a strategy pass) wrote; anything else refuses the job
     if (id.rank === leader) {
-      const rep = await cleanJobOutputs(cfg.paths.strategyDir, cfg.paths.transformedDir, shared ? undefined : group);
-      log(`cleaned ${rep.removed} file(s) of an earlier run from ${cfg.paths.strategyDir} and ${cfg.paths.transformedDir}`);
-      if (rep.kept.length > 0) log(`kept ${rep.kept.length} file(s) msckpt did not create: ${rep.kept.slice(0, 5).join(', ')}${rep.kept.length > 5 ? ', ...' : ''}`);
+      const rep = await cleanJobOutputs({ paths: cfg.paths, worldSize: id.worldSize, ranks: shared ? undefined : group });
+      log(`cleaned ${rep.removed} file(s) msckpt or a strategy pass wrote before, in ${cfg.paths.strategyDir}, ${cfg.paths.transformedDir} and ${cfg.paths.msckptDir}`);
+      await fault(ctx, 'clean');
+      ctx.stop.check();
       await coord.publish('cleaned');
     } else {
+      await fault(ctx, 'clean');
       await coord.waitAll('cleaned', { ranks: [leader], what: 'the clean of the output folders' });
     }
 
     // 3. strategy
     stage = 'strategy';
+    ctx.stop.check();
     await coord.setStage(stage);
     const dst = await strategyStep(ctx, coord, dstOverride);
 
     // 4. check
     stage = 'check';
+    ctx.stop.check();
     await coord.setStage(stage);
     const check = await checkStep(ctx, coord, dst, memory);
+    await fault(ctx, 'planned');
+    ctx.stop.check();
     const converters = assignConverters(cfg.useParallel ? id.worldSize : 1, cfg.transformProcessNum, cfg.useParallel ? group : [0]);
     if (cfg.onlySaveStrategy) {
       if (id.rank === leader) {
@@ -744,17 +843,15 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       if (mine !== undefined) {
         const hb = coord.startHeartbeat('convert');
         let files = 0;
-        const fault = opts.faults !== undefined && opts.faults.rank === id.rank ? opts.faults : undefined;
         const started = Date.now();
         try {
-          for (const n of todo) {
-            const faults = fault === undefined ? undefined : { action: fault.action, afterFiles: fault.afterFiles - files };
-            files += await convertSlices(ctx, n, mine.slices, memory, hb, faults);
-          }
+          await fault(ctx, { files: 0, mid: false });
+          for (const n of todo) files += await convertSlices(ctx, n, mine.slices, memory, hb);
         } finally {
           await hb.stop();
         }
         log(`converted slices ${mine.slices[0]}..${mine.slices[mine.slices.length - 1]} (${files} file(s)) in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+        ctx.stop.check();
         await coord.publish('converted', { slices: mine.slices, files });
       } else {
         log(`waiting for converter rank(s) ${convRanks.join(', ')}`);
@@ -785,12 +882,24 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       }
     }
     stage = 'start';
+    ctx.stop.check();
     await coord.setStage(stage);
     trainOverrides = { load_checkpoint: loadPath, auto_trans_ckpt: false };
     trainYaml = await writeDerived(ctx, 'train', trainOverrides);
     // the job keeps output/msckpt while it trains
     await coord.close({ keepJob: true });
+    await fault(ctx, 'train');
+    ctx.stop.check();
   } catch (err) {
+    const sig = ctx.stop.signal;
+    if (sig !== undefined) {
+      // stopped: the others were told by the signal handler; this rank's temporary files go
+      await told;
+      await coord.close();
+      removeOwnTempFiles([...ctx.tempDirs]);
+      log(`stopped by ${sig} during '${stage}'; the other ranks were told, the temporary files of this rank removed`);
+      return signalNumber(sig);
+    }
     if (!(err instanceof CoordinationError && err.failedRank !== undefined)) await coord.fail(stage, err);
     await coord.close();
     if (err instanceof CoordinationError) {
@@ -808,5 +917,19 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     return r.code;
   } finally {
     await coord.releaseJob();
+  }
+}
+
+/**
+ * Refuse (exit 2) before anything is written when a path the launch reads (the YAML's, the
+ * training command's --load_checkpoint, --dst-strategy) is, contains or lies inside a folder it
+ * writes or empties, after resolving symlinks on both sides (config's launchPathConflicts, the
+ * one check for flags and YAML); a --dst-strategy that does not exist is refused here too.
+ */
+async function refusePathConflicts(cfg: RunConfig, dstFlag: string | undefined, overrides: Readonly<Record<string, unknown>>): Promise<void> {
+  const conflicts = await launchPathConflicts(cfg, { dstStrategyFlag: dstFlag, commandKeys: Object.keys(overrides) });
+  if (conflicts.length > 0) throw new InputError(conflicts.map((c) => `${c.key}: ${c.message}`).join('; '));
+  if (dstFlag !== undefined && cfg.useParallel && !existsSync(resolve(cfg.baseDir, dstFlag))) {
+    throw new InputError('--dst-strategy: destination strategy not found', { file: resolve(cfg.baseDir, dstFlag) });
   }
 }

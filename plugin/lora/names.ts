@@ -19,6 +19,8 @@
  * silently kept or dropped.
  */
 
+import { OPTIMIZER_STATE_PREFIXES, optimizerStatePrefix } from '../formats/param-names.js';
+
 export type LoraScheme = 'mindpet' | 'peft';
 
 /** A LoRA pair and the base weight it merges into. */
@@ -43,9 +45,7 @@ export interface LoraNamePlan {
 export const PEFT_PREFIX = 'base_model.model.';
 
 /** Optimizer-state prefixes whose LoRA entries are dropped together with the LoRA tensors. */
-export const LORA_OPTIMIZER_PREFIXES: readonly string[] = [
-  'adam_m.', 'adam_v.', 'accu_grads.', 'moments.', 'moment1.', 'moment2.', 'optimizer.moment1.', 'optimizer.moment2.',
-];
+export const LORA_OPTIMIZER_PREFIXES: readonly string[] = OPTIMIZER_STATE_PREFIXES;
 
 interface Parsed {
   module: string;
@@ -71,10 +71,7 @@ export function isLoraLikeName(name: string): boolean {
   return LORA_LIKE.test(name);
 }
 
-function optimizerPrefixOf(name: string): string | undefined {
-  for (const p of LORA_OPTIMIZER_PREFIXES) if (name.startsWith(p)) return p;
-  return undefined;
-}
+const optimizerPrefixOf = optimizerStatePrefix;
 
 /** Candidate base names for a module, in lookup order (see the file comment). */
 export function baseCandidates(module: string, scheme: LoraScheme): string[] {

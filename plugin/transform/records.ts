@@ -16,7 +16,7 @@ import { hostname } from 'node:os';
 import { open, readdir, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fromSystemError } from '../errors.js';
-import { AtomicFile, TEMP_NAME_RE } from '../formats/atomic.js';
+import { AtomicFile, tempNameTarget } from '../formats/atomic.js';
 import type { WeightsFormat } from '../formats/resolve.js';
 
 export const TRANSFORM_MANIFEST_NAME = 'transform_manifest.json';
@@ -225,14 +225,14 @@ export async function scanDestination(dir: string): Promise<FolderScan> {
         for (const e of await readdir(join(dir, name), { withFileTypes: true })) {
           const rel = `${name}/${e.name}`;
           if (e.isDirectory()) otherDirs.push(rel);
-          else if (TEMP_NAME_RE.test(e.name)) temps.push(rel);
+          else if (tempNameTarget(e.name) !== undefined) temps.push(rel);
           else files.push(rel);
         }
       } else otherDirs.push(name);
       continue;
     }
     if (name === TRANSFORM_MANIFEST_NAME || JOURNAL_RE.test(name)) continue;
-    if (TEMP_NAME_RE.test(name)) temps.push(name);
+    if (tempNameTarget(name) !== undefined) temps.push(name);
     else files.push(name);
   }
   const byName = (a: string, b: string): number => a.localeCompare(b, 'en', { numeric: true });

@@ -439,6 +439,7 @@ describe('output folders may not be, contain or lie inside what the run reads', 
     expect(b.errors.filter((e) => e.key === 'load_checkpoint').map((e) => e.message.split(' (')[0])).toEqual([
       "'./ck/mp2' contains output_dir/strategy",
       "'./ck/mp2' contains output_dir/transformed_checkpoint",
+      "'./ck/mp2' contains output_dir/msckpt",
     ]);
   });
 

@@ -2,17 +2,27 @@
  * Helpers of the launcher end-to-end tests: a job folder with the stand-in model, a run YAML,
  * and 8 ranks started through the msrun stand-in, each running the real `bin/msckpt.js launch`.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { watch } from 'chokidar';
+import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { join, relative, resolve } from 'node:path';
 import { afterEach } from 'vitest';
-import { join } from 'node:path';
 import { MSCKPT_BIN } from '../helpers/cli.js';
 import { repoRoot } from '../helpers/fixtures.js';
 import { msrun, type WorkerResult } from '../../examples/stand-ins/msrun.js';
-import { writeCompleteModel, writeSlicedModel, writeSlicedSafetensors, writeUnifiedSafetensors, type StandInParallel } from '../../examples/stand-ins/model.js';
+import { writeCompleteModel, writeSlicedModel, writeSlicedSafetensors, writeStrategyForRank, writeUnifiedSafetensors, type StandInParallel } from '../../examples/stand-ins/model.js';
 
 export const TRAIN_SCRIPT = join(repoRoot, 'examples', 'stand-ins', 'train.ts');
 export const TSX_LOADER = import.meta.resolve('tsx');
+/**
+ * The training stand-in: compiled, when `npm test` compiled everything (MSCKPT_DIST; a third of
+ * the start-up time of each of the many stand-in processes), else through tsx.
+ */
+const COMPILED_TRAIN = process.env['MSCKPT_DIST'] !== undefined ? resolve(repoRoot, process.env['MSCKPT_DIST'], 'examples', 'stand-ins', 'train.js') : undefined;
+export const TRAIN_COMMAND: readonly string[] =
+  COMPILED_TRAIN !== undefined && existsSync(COMPILED_TRAIN) ? [process.execPath, COMPILED_TRAIN] : [process.execPath, '--import', TSX_LOADER, TRAIN_SCRIPT];
 
 /**
  * Call once at the top of a test file: returns a maker of fresh job folders, every one of which
@@ -125,6 +135,10 @@ export async function runJob(opts: {
   onSpawn?: (rank: number, pid: number) => void;
   /** Start only these nodes. */
   onlyNodes?: readonly number[];
+  /** Words after `{config}` in the training command (the stand-in ignores them; launch reads run_mindformer.py flags). */
+  trainArgs?: readonly string[];
+  /** Another training command (default: the training stand-in), `{config}` appended. */
+  trainCommand?: readonly string[];
 }): Promise<JobRun> {
   const workerNum = opts.workerNum ?? 8;
   const results = await msrun({
@@ -139,7 +153,7 @@ export async function runJob(opts: {
     ...(opts.onlyNodes !== undefined ? { onlyNodes: opts.onlyNodes } : {}),
     command: [
       process.execPath, MSCKPT_BIN, 'launch', '--config', opts.config ?? 'run.yaml', ...(opts.launchArgs ?? []),
-      '--', process.execPath, '--import', TSX_LOADER, TRAIN_SCRIPT, '{config}',
+      '--', ...(opts.trainCommand ?? TRAIN_COMMAND), '{config}', ...(opts.trainArgs ?? []),
     ],
   });
   const logs = await Promise.all(results.map((r) => readFile(r.log, 'utf8')));
@@ -148,4 +162,167 @@ export async function runJob(opts: {
 
 export async function writeYaml(node: string, text: string): Promise<void> {
   await writeFile(join(node, 'run.yaml'), text);
+}
+
+/**
+ * A 4-rank job in `dir`: the complete stand-in model, run.yaml for mp4 with two converters
+ * (ranks 0 and 2) and the destination strategy at
+ * `dst.ckpt` (for `--dst-strategy ./dst.ckpt`).
+ */
+export async function writeFourRankJob(dir: string): Promise<string> {
+  await writeComplete(dir);
+  await writeStrategyForRank(join(dir, 'dst.ckpt'), { dp: 1, mp: 4, pp: 1 }, 0);
+  await writeYaml(dir, runYaml({ load: './weights/model.ckpt', par: { dp: 1, mp: 4, pp: 1 }, tpn: 2 }));
+  return dir;
+}
+
+/** Exit code (or the signal that ended it) of every rank, by rank. */
+export function exitCodes(r: { results: ReadonlyArray<{ rank: number; exitCode: number | undefined; signal: string | undefined }> }): Array<number | string> {
+  return [...r.results].sort((a, b) => a.rank - b.rank).map((x) => x.signal ?? (x.exitCode as number));
+}
+
+export interface TrainReport {
+  file: string;
+  problems: string[];
+  autoTrans: unknown;
+  format?: string;
+  loadTime?: boolean;
+}
+
+/** What each rank's training stand-in found (rank -> report). */
+export async function trainReports(logDir: string): Promise<Map<number, TrainReport>> {
+  const dir = join(logDir, 'reports');
+  const out = new Map<number, TrainReport>();
+  if (!existsSync(dir)) return out;
+  for (const f of await readdir(dir)) {
+    const m = /^train_rank_(\d+)\.json$/.exec(f);
+    if (m !== null) out.set(Number(m[1]), JSON.parse(await readFile(join(dir, f), 'utf8')) as TrainReport);
+  }
+  return out;
+}
+
+/** sha256 of every file under `dir` (relative path -> hash), except what `skip` names. */
+export async function hashTree(dir: string, skip: (rel: string) => boolean = () => false): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      const rel = relative(dir, p);
+      if (skip(rel)) continue;
+      if (e.isDirectory()) await walk(p);
+      else out.set(rel, createHash('sha256').update(await readFile(p)).digest('hex'));
+    }
+  };
+  await walk(dir);
+  return new Map([...out.entries()].sort(([a], [b]) => (a < b ? -1 : 1)));
+}
+
+/** Resolves when `test` holds, checked at every file event under `dir` (no polling); rejects if `stop` settles first. */
+export function whenFiles(dir: string, test: () => boolean | Promise<boolean>, stop: Promise<unknown>, what: string): Promise<void> {
+  return new Promise<void>((resolveAll, reject) => {
+    const w = watch(dir, { ignoreInitial: false, depth: 6, persistent: true });
+    let done = false;
+    // chokidar drops the change events of a file that follow one within 50 ms, with no trailing
+    // event: a file's last write can go unseen (a log whose last line is "holds at ...", written
+    // just after another). So each event is followed by one more check once that window is over.
+    let trailing: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      done = true;
+      clearTimeout(trailing);
+      void w.close();
+    };
+    const check = (): void => {
+      void Promise.resolve(test()).then((ok) => {
+        if (!ok || done) return;
+        finish();
+        resolveAll();
+      });
+    };
+    const onEvent = (): void => {
+      check();
+      clearTimeout(trailing);
+      trailing = setTimeout(check, 100);
+    };
+    w.on('all', onEvent).on('ready', check);
+    void stop.then(() => {
+      if (done) return;
+      finish();
+      reject(new Error(`the job ended before ${what}`));
+    });
+  });
+}
+
+/** Resolves when every file exists (file events, no polling); rejects if `stop` settles first. */
+export function filesAppear(dir: string, names: readonly string[], stop: Promise<unknown>): Promise<void> {
+  return whenFiles(dir, () => names.every((n) => existsSync(join(dir, n))), stop, `${names.join(', ')} appeared in ${dir}`);
+}
+
+/** Resolves when the log file matches `re` (file events, no polling); rejects if `stop` settles first. */
+export function logShows(file: string, re: RegExp, stop: Promise<unknown>): Promise<void> {
+  const dir = resolve(file, '..');
+  return whenFiles(dir, async () => existsSync(file) && re.test(await readFile(file, 'utf8')), stop, `${file} showed ${re}`);
+}
+
+/** Temporary files (our writer's `.<name>.<pid>.<n>.tmp`, or any `*.tmp`, `*.stale`) under `dir`. */
+export async function tempFilesUnder(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string): Promise<void> => {
+    let ents;
+    try {
+      ents = await readdir(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of ents) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) await walk(p);
+      else if (/\.(tmp|stale)$/.test(e.name)) out.push(relative(dir, p));
+    }
+  };
+  await walk(dir);
+  return out.sort();
+}
+
+/**
+ * The ledger's consistency with output/, read here independently of the launcher's reader:
+ * every file under output/strategy and output/transformed_checkpoint has a `written` entry with
+ * its size and mtime, and every `written` entry's file is there unchanged (or, for files no
+ * longer there, listed as missing). Returns the problems (empty: consistent).
+ */
+export async function ledgerProblems(outputDir: string): Promise<string[]> {
+  const ledger = join(outputDir, 'msckpt', 'ledger');
+  const written = new Map<string, Array<{ size: number; mtimeMs: number }>>();
+  for (const f of existsSync(ledger) ? await readdir(ledger) : []) {
+    for (const line of (await readFile(join(ledger, f), 'utf8')).split('\n')) {
+      if (line === '') continue;
+      const e = JSON.parse(line) as { path: string; state: string; size?: number; mtimeMs?: number };
+      if (e.state !== 'written') continue;
+      written.set(e.path, [...(written.get(e.path) ?? []), { size: e.size as number, mtimeMs: e.mtimeMs as number }]);
+    }
+  }
+  const problems: string[] = [];
+  const seen = new Set<string>();
+  for (const sub of ['strategy', 'transformed_checkpoint']) {
+    const walk = async (d: string): Promise<void> => {
+      if (!existsSync(d)) return;
+      for (const e of await readdir(d, { withFileTypes: true })) {
+        const p = join(d, e.name);
+        if (e.isDirectory()) {
+          await walk(p);
+          continue;
+        }
+        const rel = relative(outputDir, p).split('\\').join('/');
+        seen.add(rel);
+        const st = await stat(p);
+        const w = written.get(rel);
+        if (w === undefined) problems.push(`${rel}: not in the ledger`);
+        else if (!w.some((x) => x.size === st.size && x.mtimeMs === st.mtimeMs)) problems.push(`${rel}: changed since it was recorded`);
+      }
+    };
+    await walk(join(outputDir, sub));
+  }
+  for (const rel of written.keys()) {
+    if ((rel.startsWith('strategy/') || rel.startsWith('transformed_checkpoint/')) && !seen.has(rel)) problems.push(`${rel}: recorded but missing`);
+  }
+  return problems.sort();
 }

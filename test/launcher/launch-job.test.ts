@@ -2,57 +2,17 @@
  * `msckpt launch`: one job per output_dir, and the join deadline. Real processes through the
  * msrun stand-in; the job identity is derived from msrun's environment and the YAML.
  */
-import { watch } from 'chokidar';
-import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
-import { join, relative } from 'node:path';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadRunConfig } from '../../plugin/launcher/config.js';
 import { writeStrategyForRank } from '../../examples/stand-ins/model.js';
 import { jobIdentity, msrunClusterTimeoutMs } from '../../plugin/launcher/identity.js';
 import { runCli } from '../helpers/cli.js';
-import { useJobDirs, runJob, runYaml, writeComplete, writeYaml, type JobRun } from './launch-helpers.js';
+import { exitCodes, filesAppear, hashTree, useJobDirs, runJob, runYaml, writeComplete, writeYaml } from './launch-helpers.js';
 
 const jobDir = useJobDirs();
-
-function exitCodes(r: JobRun): Array<number | string> {
-  return [...r.results].sort((a, b) => a.rank - b.rank).map((x) => x.signal ?? (x.exitCode as number));
-}
-
-/** sha256 of every file under `dir` (relative path -> hash), except what `skip` names. */
-async function hashTree(dir: string, skip: (rel: string) => boolean): Promise<Map<string, string>> {
-  const out = new Map<string, string>();
-  const walk = async (d: string): Promise<void> => {
-    for (const e of await readdir(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      const rel = relative(dir, p);
-      if (skip(rel)) continue;
-      if (e.isDirectory()) await walk(p);
-      else out.set(rel, createHash('sha256').update(await readFile(p)).digest('hex'));
-    }
-  };
-  await walk(dir);
-  return new Map([...out.entries()].sort(([a], [b]) => (a < b ? -1 : 1)));
-}
-
-/** Resolves when every file exists (file events, no polling); rejects if `stop` settles first. */
-function filesAppear(dir: string, names: readonly string[], stop: Promise<unknown>): Promise<void> {
-  return new Promise<void>((resolveAll, reject) => {
-    const w = watch(dir, { ignoreInitial: false, depth: 2, persistent: true });
-    const check = (): void => {
-      if (names.every((n) => existsSync(join(dir, n)))) {
-        void w.close();
-        resolveAll();
-      }
-    };
-    w.on('add', check).on('ready', check).on('addDir', check);
-    void stop.then(() => {
-      void w.close();
-      reject(new Error(`the job ended before ${names.join(', ')} appeared in ${dir}`));
-    });
-  });
-}
 
 describe('launch: one job per output_dir', () => {
   it('a second job on the same output_dir is refused at once on every rank, naming the first, which stays untouched; a rerun after the first was SIGKILLed works', async () => {

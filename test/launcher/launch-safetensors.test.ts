@@ -11,32 +11,9 @@ import { openSafetensors } from '../../plugin/formats/safetensors/index.js';
 import { loadRunConfig } from '../../plugin/launcher/config.js';
 import { launchSources, safetensorsSlicingOf } from '../../plugin/launcher/launch.js';
 import { writeCompleteSafetensors, writeStrategyForRank } from '../../examples/stand-ins/model.js';
-import { useJobDirs, runJob, runYaml, writeSlicedST, writeUnified, writeYaml } from './launch-helpers.js';
+import { exitCodes, trainReports, useJobDirs, runJob, runYaml, writeSlicedST, writeUnified, writeYaml } from './launch-helpers.js';
 
 const jobDir = useJobDirs();
-
-interface TrainReport {
-  file: string;
-  problems: string[];
-  autoTrans: unknown;
-  format: string;
-  loadTime?: boolean;
-}
-
-async function trainReports(logDir: string): Promise<Map<number, TrainReport>> {
-  const dir = join(logDir, 'reports');
-  const out = new Map<number, TrainReport>();
-  if (!existsSync(dir)) return out;
-  for (const f of await readdir(dir)) {
-    const m = /^train_rank_(\d+)\.json$/.exec(f);
-    if (m !== null) out.set(Number(m[1]), JSON.parse(await readFile(join(dir, f), 'utf8')) as TrainReport);
-  }
-  return out;
-}
-
-function exitCodes(r: { results: Array<{ rank: number; exitCode: number | undefined; signal: string | undefined }> }): Array<number | string> {
-  return r.results.sort((a, b) => a.rank - b.rank).map((x) => x.signal ?? (x.exitCode as number));
-}
 
 describe('launch: load_ckpt_format safetensors', () => {
   it('ACCEPTANCE: unified complete safetensors -> dp2·mp2·pp2, 8 ranks on 2 nodes, 2 converters', async () => {

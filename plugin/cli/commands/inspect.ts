@@ -3,7 +3,11 @@
  * detected by content (checkpoint, strategy, safetensors file or index, rank directory).
  */
 import type { Command } from 'commander';
-import { inspectWeights, openWeights, previewTensor, type InspectReport, type TensorPreview } from '../../formats/open.js';
+import { basename } from 'node:path';
+import { inspectWeights, previewTensor, type InspectReport, type StrategyInspectReport, type TensorPreview } from '../../formats/inspect.js';
+import type { ParallelDegree } from '../../formats/strategy/summary.js';
+import { formatRanges } from '../../ranges.js';
+import { openWeights } from '../../formats/open.js';
 import { createProgress, formatBytes } from '../progress.js';
 
 export const order = 10;
@@ -43,19 +47,25 @@ function render(path: string, r: InspectReport): string {
         table(['name', 'dtype', 'shape', 'bytes'], rows, new Set([3]))
       );
     }
-    case 'strategy': {
-      const rows = r.layouts.map((l) => [
-        l.name,
-        String(l.stage),
-        shapeText(l.devMatrix),
-        `[${l.tensorMap.map((t) => (typeof t === 'number' ? String(t) : `[${t.join(',')}]`)).join(',')}]`,
-        String(l.optShardStep),
-        String(l.optShardSize),
-        String(l.field),
-      ]);
+    case 'strategy':
+      return renderStrategy(path, r);
+    case 'hf-model': {
+      const head =
+        `HF model ${path}: model_type ${r.modelType ?? 'unknown (config.json has none)'}` +
+        `${r.architectures.length > 0 ? ` (${r.architectures.join(', ')})` : ''}${r.torchDtype !== null ? `, torch_dtype ${r.torchDtype}` : ''}\n` +
+        `${r.tensorCount} tensors, ${formatBytes(r.bytes)} in ${r.shards.length} shard(s)${r.index !== null ? ` (index ${basename(r.index)})` : ''}; ` +
+        `${r.dtypes.map((d) => `${d.dtype} ${d.tensors} (${formatBytes(d.bytes)})`).join(', ')}\n` +
+        (r.unindexed.length > 0 ? `not named by the index (not part of the model): ${r.unindexed.map((f) => basename(f)).join(', ')}\n` : '');
+      const shards = table(['shard', 'tensors', 'bytes', 'file size'], r.shards.map((x) => [basename(x.file), String(x.tensors), String(x.bytes), String(x.size)]), new Set([1, 2, 3]));
+      const rows = r.tensors.map((t) => [t.name, t.dtype, shapeText(t.shape), String(t.bytes), t.file !== null ? basename(t.file) : '(metadata)']);
+      return `${head}${shards}\n${table(['name', 'dtype', 'shape', 'bytes', 'shard'], rows, new Set([3]))}`;
+    }
+    case 'files': {
+      const rows = r.sources.map((x) => [x.name, basename(x.file), String(x.tensors), String(x.bytes), String(x.size)]);
       return (
-        `strategy ${path}: ${r.merged ? 'merged' : 'per-rank'}, stages [${r.stages.join(',')}], ${r.layouts.length} layouts\n` +
-        table(['name', 'stage', 'devMatrix', 'tensorMap', 'optStep', 'optSize', 'field'], rows, new Set([1, 4, 5, 6]))
+        `folder of ${r.sources.length} complete .${r.format} file(s) ${path}: ${r.tensorCount} tensors, ${formatBytes(r.bytes)}\n` +
+        r.notices.map((n) => `note: ${n}\n`).join('') +
+        table(['source', 'file', 'tensors', 'bytes', 'file size'], rows, new Set([2, 3, 4]))
       );
     }
     case 'distributed': {
@@ -63,6 +73,55 @@ function render(path: string, r: InspectReport): string {
       return `distributed checkpoint ${path}: ${r.ranks.length} ranks\n` + table(['rank', 'file'], rows, new Set([0]));
     }
   }
+}
+
+const degree = (d: ParallelDegree): string => (d.value === null ? 'unknown' : String(d.value));
+
+function renderStrategy(path: string, r: StrategyInspectReport): string {
+  const m = r.summary;
+  const head =
+    r.source === 'folder'
+      ? `strategy folder ${path}: ${r.files?.length ?? 0} per-rank file(s) merged in memory, stages [${r.stages.join(',')}], ${r.layouts.length} layouts\n`
+      : `strategy ${path}: ${r.merged ? `merged, stages [${r.stages.join(',')}]` : `per-rank, stage ${m.stages.map((x) => x.stage).join(',') || '?'}`}, ${r.layouts.length} layouts\n`;
+  const lines: string[][] = [
+    ['devices', degree(m.devices), m.devices.how],
+    ['pp', degree(m.pp), m.pp.how],
+    ['mp', degree(m.mp), m.mp.how],
+    ['dp', degree(m.dp), m.dp.how],
+    [
+      'parameters',
+      String(m.parameters),
+      `distinct names${m.optimizerStates > 0 ? `, besides ${m.optimizerStates} optimizer/accumulator states (adam_m., accu_grads., ...)` : ''}` +
+        (m.elements !== null ? `; ${m.elements} elements (tensor_shape)` : ''),
+    ],
+  ];
+  const w0 = Math.max(...lines.map((l) => (l[0] as string).length));
+  const w1 = Math.max(...lines.map((l) => (l[1] as string).length));
+  const summary = lines.map(([a, b, c]) => `  ${(a as string).padEnd(w0)}  ${(b as string).padStart(w1)}  ${c}`).join('\n') + '\n';
+  const notes = m.notes.map((n) => `  note: ${n}\n`).join('');
+  const folder = r.source === 'folder';
+  const stageRows = m.stages.map((x) => [
+    String(x.stage),
+    x.devices === null ? '?' : String(x.devices),
+    x.devMatrices.map(shapeText).join(' '),
+    String(x.layouts),
+    x.splits.map(([k, n]) => `${n} over ${k}`).join(', '),
+    x.mp === null ? '?' : String(x.mp),
+    x.dp === null ? '?' : String(x.dp),
+    ...(folder ? [String(x.files ?? 0), x.ranks !== undefined ? formatRanges(x.ranks) : '-'] : []),
+  ]);
+  const stageHeader = ['stage', 'devices', 'dev_matrix', 'layouts', 'layouts split over N devices', 'mp', 'dp', ...(folder ? ['files', 'ranks'] : [])];
+  const stages = table(stageHeader, stageRows, new Set([0, 1, 3, 5, 6, ...(folder ? [7] : [])]));
+  const rows = r.layouts.map((l) => [
+    l.name,
+    String(l.stage),
+    shapeText(l.devMatrix),
+    `[${l.tensorMap.map((t) => (typeof t === 'number' ? String(t) : `[${t.join(',')}]`)).join(',')}]`,
+    String(l.optShardStep),
+    String(l.optShardSize),
+    String(l.field),
+  ]);
+  return `${head}${summary}${notes}\n${stages}\n${table(['name', 'stage', 'devMatrix', 'tensorMap', 'optStep', 'optSize', 'field'], rows, new Set([1, 4, 5, 6]))}`;
 }
 
 function num(v: number | null): string {
@@ -88,8 +147,8 @@ function renderPreview(p: TensorPreview): string {
 export function register(program: Command): void {
   program
     .command('inspect')
-    .description('show what a checkpoint, strategy, safetensors file/index or rank_N/ directory holds (detected by content)')
-    .argument('<path>', 'a .ckpt, strategy file (protobuf or JSON), .safetensors, *.index.json, unified or rank_N/ directory')
+    .description('show what a checkpoint, strategy (file or folder of per-rank files), safetensors file/index, HF model folder or rank_N/ folder holds (detected by content)')
+    .argument('<path>', 'a .ckpt, strategy file (protobuf or JSON) or folder of them (output/strategy), .safetensors, *.index.json, HF model folder, unified, rank_N/ or a folder of weights files')
     .option('--json', 'print one JSON object on stdout')
     .option('--tensor <name>', "print a tensor's first and last values and statistics (min, max, mean, NaN/Inf counts)")
     .option('--verify-crc', 'checkpoints: compute the CRC-32 of the body and compare it with the crc_num trailer')

@@ -30,12 +30,19 @@ interface LaunchFlags {
   testFault?: string;
 }
 
-/** `--test-fault RANK:FILES:throw|kill` (hidden, for tests): that converter rank fails after FILES files. */
+/**
+ * `--test-fault RANK:POINT:ACTION` (hidden, for tests): that rank fails at POINT: `N` (after N
+ * converted files are committed), `N+` (in the middle of writing the next one), `clean`,
+ * `planned` or `train`; ACTION: throw, kill (SIGKILL), enospc (a full disk) or hold (wait there
+ * until stopped by a signal).
+ */
 function testFault(v: string | undefined): LaunchFaults | undefined {
   if (v === undefined) return undefined;
-  const m = /^(\d+):(\d+):(throw|kill)$/.exec(v.trim());
-  if (m === null) throw new InputError(`--test-fault must be RANK:FILES:throw|kill, got '${v}'`);
-  return { rank: Number(m[1]), afterFiles: Number(m[2]), action: m[3] as 'throw' | 'kill' };
+  const m = /^(\d+):(\d+\+?|clean|planned|train):(throw|kill|enospc|hold)$/.exec(v.trim());
+  if (m === null) throw new InputError(`--test-fault must be RANK:POINT:ACTION (POINT: N, N+, clean, planned, train; ACTION: throw, kill, enospc, hold), got '${v}'`);
+  const point = m[2] as string;
+  const at: LaunchFaults['at'] = /^\d/.test(point) ? { files: Number.parseInt(point, 10), mid: point.endsWith('+') } : (point as 'clean' | 'planned' | 'train');
+  return { rank: Number(m[1]), at, action: m[3] as LaunchFaults['action'] };
 }
 
 export function register(program: Command): void {
@@ -54,7 +61,7 @@ export function register(program: Command): void {
     .option('--memory <size>', 'buffer budget of a converter rank, e.g. 512M, 2G (K/M/G: powers of 1024; default 512M)')
     .option('--safetensors-slicing <mode>', 'load_ckpt_format safetensors with complete weights: convert (slice per rank now) or load-time (leave unified for mindformers)')
     .option('--mindformers-version <version>', "the installed mindformers release whose rules apply, e.g. 1.5.0 (default: the YAML's msckpt.mindformers_version, else found from the training command's Python)")
-    .addOption(new Option('--test-fault <rank:files:action>', 'tests only: that converter rank throws or is killed after that many files').hideHelp())
+    .addOption(new Option('--test-fault <rank:point:action>', 'tests only: that rank fails at that point of the launch').hideHelp())
     .argument('<command...>', 'the training command, after `--`; {config} is replaced by the YAML to read')
     .action(async (command: string[], flags: LaunchFlags) => {
       if (!invocation().doubleDash) {

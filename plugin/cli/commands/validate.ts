@@ -3,6 +3,7 @@
  * judge a run YAML the way `msckpt launch` will (the same functions), and say what launch would
  * do and which mindformers release's rules apply.
  */
+import { basename } from 'node:path';
 import type { Command } from 'commander';
 import { InputError } from '../../errors.js';
 import { checkRunConfig, formatConfigProblem, releaseOf, summarizeRunConfig } from '../../launcher/config.js';
@@ -57,9 +58,17 @@ export function register(program: Command): void {
       });
       const cfg = report.config;
       // the <name>s launch converts, from launch's own list (so the derived load_checkpoint agrees)
+      // and the file each rank folder contributes, picked by the one resolver as launch picks it
       let names: string[] | undefined;
+      let sources: Array<{ name: string; path: string; files: Array<{ rank: number; path: string }>; rule?: string }> | undefined;
       if (report.ok && cfg !== null && cfg.mode === 'convert' && cfg.source !== undefined) {
-        names = (await launchSources(cfg).catch(() => undefined))?.map((s) => s.name);
+        const listed = await launchSources(cfg).catch(() => undefined);
+        names = listed?.map((s) => s.name);
+        sources = listed?.map((s) => {
+          const r = s.resolved;
+          if (r.kind === 'ranks') return { name: s.name, path: s.path, rule: r.rule, files: r.ranks.map((x) => ({ rank: x.rank, path: x.file.path })) };
+          return { name: s.name, path: s.path, files: r.kind === 'file' ? [{ rank: 0, path: r.file.path }] : [] };
+        });
       }
       const summary = cfg !== null ? summarizeRunConfig(cfg, names) : null;
       if (flags.json) {
@@ -71,6 +80,7 @@ export function register(program: Command): void {
             warnings: report.warnings,
             mindformers: cfg === null ? null : { release: cfg.release.rules.name, version: cfg.release.version ?? null, from: cfg.release.from, description: cfg.release.description },
             summary: report.ok ? summary : null,
+            sources: report.ok ? (sources ?? null) : null,
           })}\n`,
         );
       } else {
@@ -87,6 +97,12 @@ export function register(program: Command): void {
           lines.push(`  devices:   ${summary.deviceCount ?? 'unknown (pass --world-size)'}`);
           lines.push(`  layout:    ${summary.layout}`);
           lines.push(`  source:    ${summary.source}`);
+          for (const src of sources ?? []) {
+            if (src.rule === undefined) continue;
+            const shown = src.files.slice(0, 4).map((f) => `rank_${f.rank}/${basename(f.path)}`).join(', ');
+            const rule = src.rule === 'newest' ? 'newest by modification time' : 'largest epoch/step in the name';
+            lines.push(`  files:     ${shown}${src.files.length > 4 ? `, ... (${src.files.length} ranks)` : ''} (${rule})`);
+          }
           if (summary.sourceStrategy !== undefined) lines.push(`  src strategy: ${summary.sourceStrategy}`);
           if (summary.mode === 'convert' || summary.mode === 'strategy-only') {
             lines.push(`  strategy:  ${summary.strategy}`);

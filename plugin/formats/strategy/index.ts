@@ -20,7 +20,11 @@ export {
   type MergeReport,
   type MergeStrategiesOptions,
   DEFAULT_MERGED_STRATEGY_NAME,
+  type InMemoryMerge,
+  type MergedInputFile,
   listStrategyInputs,
   mergeStrategies,
+  mergeStrategiesInMemory,
 } from './merge.js';
+export { summarizeStrategy, type ParallelDegree, type StrategySummary, type StrategySummaryInput } from './summary.js';
 export { loadStrategy, type LoadedStrategy } from './load.js';

@@ -80,19 +80,42 @@ export async function listStrategyInputs(inputs: string | readonly string[], exc
   return out;
 }
 
+/** One input file of a merge: the stage it holds and whether its bytes repeat an earlier file's. */
+export interface MergedInputFile {
+  readonly path: string;
+  /** The pipeline stage of its first strategy item. */
+  readonly stage: number;
+  /** The earlier file with identical bytes (all ranks of one stage write the same bytes), if any. */
+  readonly sameAs?: string;
+  /** True when its stage was merged from another file with different bytes. */
+  readonly skippedStage?: boolean;
+}
+
+/** A merge done in memory: the merged strategy and what each input contributed. */
+export interface InMemoryMerge {
+  readonly strategy: Strategy;
+  readonly format: StrategyFormat | null;
+  readonly files: readonly MergedInputFile[];
+  readonly duplicates: number;
+  readonly skippedStages: number;
+  readonly stages: number[];
+  readonly sources: Array<{ stage: number; file: string }>;
+  /** Stages between 0 and the highest one that no input provided. */
+  readonly missingStages: number[];
+}
+
 /**
- * Merge per-stage strategy files (a directory, or a list of files and directories) into `outFile`.
+ * Merge per-stage strategy files in memory (the rule of the module comment), writing nothing:
+ * `mergeStrategies` writes the result; `inspect` summarises it.
  */
-export async function mergeStrategies(
+export async function mergeStrategiesInMemory(
   inputs: string | readonly string[],
-  outFile: string,
-  opts: MergeStrategiesOptions = {},
-): Promise<MergeReport> {
-  const files = await listStrategyInputs(inputs, outFile);
-  // the output is none of the files read (`-o a.json` with a.json an input, a symlink to one)
-  await refuseOverlaps([{ what: 'output file', path: outFile }], files.map((f) => ({ what: 'input', path: f })));
-  const seen = new Set<string>();
+  opts: { exclude?: string; onFile?: (done: number, total: number) => void; path?: string } = {},
+): Promise<InMemoryMerge> {
+  const files = await listStrategyInputs(inputs, opts.exclude);
+  const seen = new Map<string, { file: string; stage: number }>();
   const byStage = new Map<number, { file: string; strategy: Strategy }>();
+  const perFile: MergedInputFile[] = [];
   let duplicates = 0;
   let skippedStages = 0;
   let inputFormat: StrategyFormat | null = null;
@@ -113,20 +136,27 @@ export async function mergeStrategies(
         }
       }
       const hash = createHash('sha256').update(bytes).digest('hex');
-      if (seen.has(hash)) {
+      const earlier = seen.get(hash);
+      if (earlier !== undefined) {
         duplicates++;
+        perFile.push({ path: file, stage: earlier.stage, sameAs: earlier.file });
         opts.onFile?.(b + i + 1, files.length);
         continue;
       }
-      seen.add(hash);
       const s = parseStrategyBytes(bytes, file);
       if (s.merged) throw new InputError('is already a merged strategy ({stage}- prefixed names); give the per-stage files', { file });
       const first = s.items[0];
       if (first === undefined) {
         throw new InputError('has no parallel_strategy_item, so its pipeline stage is unknown', { file });
       }
-      if (byStage.has(first.stage)) skippedStages++;
-      else byStage.set(first.stage, { file, strategy: s });
+      seen.set(hash, { file, stage: first.stage });
+      if (byStage.has(first.stage)) {
+        skippedStages++;
+        perFile.push({ path: file, stage: first.stage, skippedStage: true });
+      } else {
+        byStage.set(first.stage, { file, strategy: s });
+        perFile.push({ path: file, stage: first.stage });
+      }
       opts.onFile?.(b + i + 1, files.length);
     }
   }
@@ -138,22 +168,45 @@ export async function mergeStrategies(
     for (const it of strategy.items) items.push(it);
     for (const l of strategy.layouts) layouts.push(l.stage === stage ? l : { ...l, stage });
   }
-  const merged = makeStrategy({ currentStage: 1, layouts, items, merged: true, path: outFile });
-  const format = opts.format ?? (/\.json$/i.test(outFile) ? 'json' : 'protobuf');
-  await writeStrategy(outFile, merged, { format });
+  const strategy = makeStrategy({ currentStage: 1, layouts, items, merged: true, ...(opts.path !== undefined ? { path: opts.path } : {}) });
   const maxStage = stages.length > 0 ? (stages[stages.length - 1] as number) : -1;
   const missingStages: number[] = [];
   for (let s = 0; s <= maxStage; s++) if (!byStage.has(s)) missingStages.push(s);
   return {
-    output: outFile,
-    format,
-    files: files.length,
+    strategy,
+    format: inputFormat,
+    files: perFile,
     duplicates,
     skippedStages,
     stages,
     sources: stages.map((stage) => ({ stage, file: (byStage.get(stage) as { file: string }).file })),
     missingStages,
-    layouts: layouts.length,
-    items: items.length,
+  };
+}
+
+/**
+ * Merge per-stage strategy files (a directory, or a list of files and directories) into `outFile`.
+ */
+export async function mergeStrategies(
+  inputs: string | readonly string[],
+  outFile: string,
+  opts: MergeStrategiesOptions = {},
+): Promise<MergeReport> {
+  const m = await mergeStrategiesInMemory(inputs, { exclude: outFile, path: outFile, ...(opts.onFile !== undefined ? { onFile: opts.onFile } : {}) });
+  // the output is none of the files read (`-o a.json` with a.json an input, a symlink to one)
+  await refuseOverlaps([{ what: 'output file', path: outFile }], m.files.map((f) => ({ what: 'input', path: f.path })));
+  const format = opts.format ?? (/\.json$/i.test(outFile) ? 'json' : 'protobuf');
+  await writeStrategy(outFile, m.strategy, { format });
+  return {
+    output: outFile,
+    format,
+    files: m.files.length,
+    duplicates: m.duplicates,
+    skippedStages: m.skippedStages,
+    stages: m.stages,
+    sources: m.sources,
+    missingStages: m.missingStages,
+    layouts: m.strategy.layouts.length,
+    items: m.strategy.items.length,
   };
 }

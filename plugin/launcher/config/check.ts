@@ -188,7 +188,9 @@ export async function checkRunConfigText(file: string, text: string, options: Lo
   // msckpt's own section (schema): errors when the hook has work to do
   const working = cfg.mode === 'convert' || cfg.mode === 'strategy-only';
   const rulesLog = new ProblemLog((k) => located.locate(k), release);
-  await applyRules(cfg, effective, rulesLog, { worldSize, checkFiles: options.checkFiles ?? true, env: options.env ?? process.env });
+  await applyRules(cfg, effective, rulesLog, {
+    worldSize, checkFiles: options.checkFiles ?? true, env: options.env ?? process.env, commandKeys: Object.keys(options.commandOverrides ?? {}),
+  });
   const ruled = new Set([...rulesLog.errors, ...rulesLog.warnings].map((p) => p.key));
   for (const f of schemaFindings(raw)) {
     if (f.key === 'msckpt' || f.key.startsWith('msckpt.')) {

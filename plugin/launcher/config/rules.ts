@@ -9,7 +9,7 @@
  */
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { canonicalPath, isSameOrInsideCanonical } from '../../real-paths.js';
+import { findOverlaps, type NamedPath } from '../../real-paths.js';
 import { releaseNames, type ReleaseChoice, type ReleaseRules } from './releases.js';
 import {
   describeValue, isPyInt, MINDFORMERS_TOP_KEYS, nearMiss, objectAt, PARALLEL_KEYS, pyTruthy, RUN_CONFIG_KEYS,
@@ -126,6 +126,8 @@ export interface RuleOptions {
   worldSize: number | undefined;
   checkFiles: boolean;
   env: Env;
+  /** Keys the training command sets (run_mindformer.py flags), for messages. */
+  commandKeys?: readonly string[] | undefined;
 }
 
 function isPowerOfTwo(n: number): boolean {
@@ -360,7 +362,7 @@ export async function applyRules(cfg: RunConfig, doc: Record<string, unknown>, l
   }
 
   if (opts.checkFiles) await fileRules(cfg, doc, log, opts);
-  if (working) await emptiedOutputRules(cfg, log, opts.checkFiles);
+  if (working) await emptiedOutputRules(cfg, log, opts);
 }
 
 export function hasSafetensors(dir: string): boolean {
@@ -494,32 +496,74 @@ function sourceStrategy(cfg: RunConfig, source: CheckpointInfo, doc: Record<stri
   return { path: givenAbs, from: 'src_strategy_path_or_dir' };
 }
 
-/** What msckpt empties (output/strategy, output/transformed_checkpoint) may not be, contain or lie inside what the run reads. */
-async function emptiedOutputRules(cfg: RunConfig, log: ProblemLog, checkFiles: boolean): Promise<void> {
-  const canon = async (p: string): Promise<string> => (checkFiles ? canonicalPath(p, cfg.baseDir) : resolve(cfg.baseDir, p));
-  const outs: Array<[string, string]> = [
-    ['output_dir/strategy', cfg.paths.strategyDir],
-    ['output_dir/transformed_checkpoint', cfg.paths.transformedDir],
+/** A folder msckpt writes under output_dir; `empties`: it is cleaned before converting. */
+interface LaunchWrite extends NamedPath {
+  readonly empties: boolean;
+}
+
+/** A path a launch reads, as the user gave it: `key` is the YAML key or the flag. */
+interface LaunchRead extends NamedPath {
+  readonly key: string;
+}
+
+/** One path a launch would read from a folder it writes or empties. */
+export interface LaunchPathConflict {
+  /** The YAML key or flag that gives the path (`load_checkpoint`, `--dst-strategy`). */
+  readonly key: string;
+  readonly message: string;
+}
+
+export interface LaunchPathOptions {
+  /** `msckpt launch --dst-strategy` (replaces msckpt.dst_strategy). */
+  readonly dstStrategyFlag?: string | undefined;
+  /** Keys the training command sets (run_mindformer.py flags such as --load_checkpoint). */
+  readonly commandKeys?: readonly string[] | undefined;
+  /** Compare lexically (`..`, trailing slashes), nothing looked up on disk. */
+  readonly lexical?: boolean | undefined;
+}
+
+/**
+ * Every path a launch reads (load_checkpoint as mindformers settles it, with the training
+ * command's --load_checkpoint; the source strategy, src_strategy_path_or_dir or mindformers'
+ * `<load_checkpoint's parent>/strategy`; the destination strategy, msckpt.dst_strategy or
+ * `--dst-strategy`) that is, contains or lies inside a folder msckpt writes or empties
+ * (output_dir/strategy, output_dir/transformed_checkpoint, output_dir/msckpt), compared after
+ * resolving symlinks on both sides. The one check of the launcher's paths: the run-YAML rules
+ * report it per key, `launch` refuses with it (its flags included) before anything is written.
+ */
+export async function launchPathConflicts(cfg: RunConfig, opts: LaunchPathOptions = {}): Promise<LaunchPathConflict[]> {
+  const writes: LaunchWrite[] = [
+    { what: 'output_dir/strategy', path: cfg.paths.strategyDir, empties: true },
+    { what: 'output_dir/transformed_checkpoint', path: cfg.paths.transformedDir, empties: true },
+    { what: 'output_dir/msckpt', path: cfg.paths.msckptDir, empties: false },
   ];
-  const inputs: Array<[string, string]> = [];
-  if (cfg.loadCheckpoint !== '') inputs.push(['load_checkpoint', cfg.loadCheckpoint]);
-  if (cfg.srcStrategyPathOrDir !== '') inputs.push(['src_strategy_path_or_dir', cfg.srcStrategyPathOrDir]);
-  if (cfg.msckpt.dstStrategy !== undefined) inputs.push(['msckpt.dst_strategy', cfg.msckpt.dstStrategy]);
-  for (const [key, value] of inputs) {
-    const ci = await canon(value);
-    for (const [oname, opath] of outs) {
-      const co = await canon(opath);
-      let rel: string | null = null;
-      if (ci === co) rel = 'is';
-      else if (isSameOrInsideCanonical(ci, co)) rel = 'lies inside';
-      else if (isSameOrInsideCanonical(co, ci)) rel = 'contains';
-      if (rel !== null) {
-        log.err(
-          key,
-          `'${value}' ${rel} ${oname} (${co}), which msckpt empties before ${cfg.mode === 'convert' ? 'converting' : 'saving strategies'}; ` +
-            'move it elsewhere or set a different output_dir',
-        );
-      }
-    }
+  const reads: LaunchRead[] = [];
+  if (cfg.loadCheckpoint !== '') {
+    const byCommand = cfg.loadCheckpointFrom === 'load_checkpoint' && opts.commandKeys?.includes('load_checkpoint') === true;
+    const key = cfg.loadCheckpointFrom === 'checkpoint_name_or_path' ? 'model.model_config.checkpoint_name_or_path' : cfg.loadCheckpointFrom;
+    reads.push({ key, what: byCommand ? "the training command's --load_checkpoint" : '', path: cfg.loadCheckpoint });
   }
+  if (cfg.srcStrategyPathOrDir !== '') reads.push({ key: 'src_strategy_path_or_dir', what: '', path: cfg.srcStrategyPathOrDir });
+  if (cfg.srcStrategy?.from === 'fallback') {
+    reads.push({ key: 'src_strategy_path_or_dir', what: "the source strategy mindformers takes from load_checkpoint's parent", path: cfg.srcStrategy.path });
+  }
+  if (opts.dstStrategyFlag !== undefined) reads.push({ key: '--dst-strategy', what: '', path: opts.dstStrategyFlag });
+  else if (cfg.msckpt.dstStrategy !== undefined) reads.push({ key: 'msckpt.dst_strategy', what: '', path: cfg.msckpt.dstStrategy });
+  const found = await findOverlaps(writes, reads, cfg.baseDir, { lexical: opts.lexical === true });
+  const work = cfg.mode === 'strategy-only' ? 'saving strategies' : 'converting';
+  return found.map(({ output: o, input: i, relation }) => {
+    // the read path's relation to the folder: "lies inside" when the folder contains it
+    const rel = relation === 'contains' ? 'lies inside' : relation === 'lies inside' ? 'contains' : 'is';
+    return {
+      key: i.key,
+      message:
+        `${i.what !== '' ? `${i.what} ` : ''}'${i.path}' ${rel} ${o.what} (${o.real}), which msckpt ${o.empties ? 'empties' : 'writes'} before ${work}; ` +
+        'move it elsewhere or set a different output_dir',
+    };
+  });
+}
+
+/** What msckpt writes or empties may not be, contain or lie inside what the run reads (see launchPathConflicts). */
+async function emptiedOutputRules(cfg: RunConfig, log: ProblemLog, opts: RuleOptions): Promise<void> {
+  for (const c of await launchPathConflicts(cfg, { commandKeys: opts.commandKeys, lexical: !opts.checkFiles })) log.err(c.key, c.message);
 }
