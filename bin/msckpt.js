@@ -27,4 +27,4 @@ if (testDist !== null && existsSync(testDist)) {
   process.stderr.write('msckpt: neither plugin/ sources nor dist/ found; run `npm run build`\n');
   process.exit(1);
 }
-process.exitCode = await mod.main(process.argv.slice(2));
+process.exitCode = await mod.main(process.argv.slice(2), { handleSignals: true });

@@ -2,13 +2,14 @@
  * Layers look only down. Every import of every module in plugin/ (static, type-only, re-exports
  * and dynamic) is checked against the layer order (ARCHITECTURE.md):
  *
- *   0 base        errors, units, package-files, progress
+ *   0 base        errors, units, package-files, progress, real-paths, interrupt
  *   1 formats     file kinds behind sources and sinks; the resolver; source indexes
  *   2 layout      strategy -> boxes (pure)
  *   3 plan        plans as data
  *   4 transform   the executor and the rank writer
  *   5 clients     convert, lora, unify (each uses 0-4, never another client)
  *   6 launcher    composes everything below, and coordination
+ *     cluster     offline work spread over a cluster job: transform + coordination
  *   7 cli, index  on top
  *   coordination  beside the tensor layers: base only (plus formats/atomic.ts, plain files)
  */
@@ -30,10 +31,10 @@ function partOf(abs: string): string {
 }
 
 const LAYER: Readonly<Record<string, number>> = {
-  errors: 0, units: 0, suggest: 0, 'real-paths': 0, ranges: 0, 'package-files': 0, progress: 0,
+  errors: 0, units: 0, suggest: 0, 'real-paths': 0, ranges: 0, 'package-files': 0, progress: 0, interrupt: 0,
   formats: 1, layout: 2, plan: 3, transform: 4,
   convert: 5, lora: 5, unify: 5,
-  launcher: 6,
+  launcher: 6, cluster: 6,
   cli: 7, index: 7,
 };
 const CLIENTS = new Set(['convert', 'lora', 'unify']);

@@ -10,6 +10,7 @@ import { describeError, exitCodeOf, UsageError } from '../errors.js';
 import { packageFile } from '../package-files.js';
 import { closest } from '../suggest.js';
 import { helpHint, readCommandArgs } from './args.js';
+import { allowInterruptHandling, interrupted } from './interrupt.js';
 import { loadCommands } from './commands/index.js';
 
 /** The version in the package's package.json. */
@@ -50,9 +51,18 @@ function usageLine(message: string, command: string | undefined): string {
   return `msckpt: ${message}; ${helpHint(command)}\n`;
 }
 
-/** Run the CLI; returns the exit code (never calls process.exit itself, except on a closed stdout). */
-export async function main(argv: readonly string[]): Promise<number> {
+export interface MainOptions {
+  /**
+   * Commands that write files handle SIGINT/SIGTERM (clean up, one line, exit 130/143): the
+   * executable asks for it; a caller running `main` inside its own process (tests) does not.
+   */
+  readonly handleSignals?: boolean;
+}
+
+/** Run the CLI; returns the exit code (never calls process.exit itself, except on a closed stdout or a signal). */
+export async function main(argv: readonly string[], opts: MainOptions = {}): Promise<number> {
   guardOutput();
+  if (opts.handleSignals === true) allowInterruptHandling();
   const first = argv[0];
   if (first === undefined) {
     const program = await buildProgram();
@@ -97,6 +107,8 @@ export async function main(argv: readonly string[]): Promise<number> {
       process.stderr.write(usageLine(err.message, commandName));
       return 2;
     }
+    // interrupted: the signal handler says so in its one line
+    if (interrupted()) return exitCodeOf(err);
     process.stderr.write(`msckpt: ${describeError(err)}\n`);
     if (process.env['MSCKPT_DEBUG'] && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
     return exitCodeOf(err);

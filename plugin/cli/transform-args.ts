@@ -50,6 +50,9 @@ export interface TransformFlags {
   transformProcessNum?: string;
   transformByRank?: string | boolean;
   outputLayout?: string;
+  overwrite?: boolean;
+  cluster?: string | boolean;
+  testFault?: string;
 }
 
 export const DEFAULT_PREFIX = 'checkpoint_';
@@ -84,10 +87,40 @@ export function addTransformFlags(cmd: Command, use: TransformUse): Command {
     .option('--json', use === 'rank-list' ? 'print one JSON object on stdout' : use === 'plan' ? 'print the full plan (with copy operations) as one JSON object' : 'print one JSON report on stdout');
   if (use === 'transform') {
     cmd.option('--crc', 'ckpt: append the CRC-32 trailer; safetensors: store crc_num in the metadata');
+    cmd.option('--overwrite', "replace another transform's outputs found in the output folder (exactly the files its manifest lists; nothing else is removed)");
+    cmd.option(
+      '--cluster [mode]',
+      'share the work among the processes of a cluster job on a shared disk: run the same command on every process (msrun, srun, ' +
+        'or any launcher setting RANK_ID/RANK_SIZE); each writes its block of destination ranks. mode: auto (default), msrun or slurm',
+    );
+    cmd.addOption(new Option('--test-fault <spec>', 'tests only: at=plan|manifest|files|mid-group,n=N,worker=W,action=kill|throw|kill-parent|pause, or error=ENOSPC').hideHelp());
   } else {
     cmd.addOption(new Option('--crc').hideHelp());
   }
   return cmd;
+}
+
+export type ClusterFlag = 'auto' | 'msrun' | 'slurm';
+
+/** The hidden `--test-fault` of transform, read. */
+export interface TransformTestFault {
+  readonly at?: 'plan' | 'manifest' | 'files' | 'mid-group';
+  readonly n?: number;
+  readonly worker?: number;
+  readonly action?: 'kill' | 'throw' | 'kill-parent' | 'pause';
+  /** Make every write fail with this system error code. */
+  readonly error?: string;
+}
+
+function testFaultFlag(v: string | undefined): TransformTestFault | undefined {
+  if (v === undefined) return undefined;
+  const out: Record<string, string | number> = {};
+  for (const part of v.split(',')) {
+    const m = /^(at|n|worker|action|error)=([\w-]+)$/.exec(part.trim());
+    if (m === null) throw new UsageError(`--test-fault: cannot read '${part}'`);
+    out[m[1] as string] = /^\d+$/.test(m[2] as string) ? Number(m[2]) : (m[2] as string);
+  }
+  return out as TransformTestFault;
 }
 
 export interface TransformJob {
@@ -119,6 +152,10 @@ export interface TransformRequest {
   readonly idle?: string;
   /** transform_checkpoint.py's world_size, to say afterwards when it covered fewer ranks than the destination has. */
   readonly toolWorldSize?: number;
+  readonly overwrite: boolean;
+  /** Share the work among a cluster job's processes. */
+  readonly cluster?: ClusterFlag;
+  readonly testFault?: TransformTestFault;
 }
 
 const STRATEGY_NONE = (v: string | undefined): string | null => (v === undefined || v === '' || v === 'None' || v === 'none' ? null : v);
@@ -288,6 +325,19 @@ export async function resolveTransformRequest(flags: TransformFlags, positional:
     notices.unshift(`${dialect} command line: writing ${where}`);
   }
   if (use !== 'transform' && flags.crc === true) throw new UsageError(`--crc applies to transform only`);
+  const cluster = flags.cluster === undefined ? undefined : typeof flags.cluster === 'boolean' ? 'auto' : choiceFlag('--cluster', flags.cluster, ['auto', 'msrun', 'slurm'] as const);
+  if (cluster !== undefined && dialect !== 'msckpt') {
+    throw new UsageError(`--cluster takes msckpt's own flags, not ${dialect}'s command line (whose rank_id/transform_process_num share the work their own way)`);
+  }
+  if (use === 'transform' && cluster === undefined && dialect === 'msckpt') {
+    const size = process.env['RANK_SIZE'] ?? process.env['MS_WORKER_NUM'];
+    if (size !== undefined && /^\d+$/.test(size.trim()) && Number(size) > 1) {
+      notices.push(
+        `RANK_SIZE=${size.trim()} is set (started by msrun or another launcher?): this process converts every destination rank itself; ` +
+          'pass --cluster to share the work among the job\'s processes',
+      );
+    }
+  }
   return {
     dialect,
     layout,
@@ -306,6 +356,9 @@ export async function resolveTransformRequest(flags: TransformFlags, positional:
     notices,
     ...(idle !== undefined ? { idle } : {}),
     ...(toolWorldSize !== undefined ? { toolWorldSize } : {}),
+    overwrite: flags.overwrite === true,
+    ...(cluster !== undefined ? { cluster } : {}),
+    ...(flags.testFault !== undefined ? { testFault: testFaultFlag(flags.testFault) as TransformTestFault } : {}),
   };
 }
 

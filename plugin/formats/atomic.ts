@@ -3,12 +3,132 @@
  * same directory, fsync, rename. The temporary name is unique per process so that two writers
  * never share one. Asked at creation, a file computes its own CRC-32 from the bytes as they are
  * written and reports it (with its size) when committed.
+ *
+ * Every writer of msckpt goes through here, so this is also where:
+ * - system errors become one plain line naming the file and what to do (`fromSystemError`), and a
+ *   folder that cannot be created is reported for what it is (a read-only parent is EROFS or
+ *   EACCES, not the ENOENT Node's recursive mkdir says);
+ * - the temporary files of this process are known, so that an interrupted command removes them
+ *   (`removeLiveTempFiles`, on the way out after a signal or a dead parent);
+ * - a process may forbid commits (`setCommitGuard`: a worker whose parent died commits nothing).
  */
-import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { FailureError, fromSystemError, systemErrorCode } from '../errors.js';
 
 let counter = 0;
+
+/** The temporary files this process has open (created, neither committed nor aborted). */
+const liveTemps = new Set<string>();
+
+/**
+ * Remove every temporary file this process is writing (synchronously: for signal handlers and
+ * exit paths). Returns how many were removed.
+ */
+export function removeLiveTempFilesSync(): number {
+  let n = 0;
+  for (const p of liveTemps) {
+    try {
+      rmSync(p);
+      n++;
+    } catch {
+      // not created yet, or nothing more can be done on the way out
+    }
+  }
+  liveTemps.clear();
+  return n;
+}
+
+/** Opens of temporary files under way (their file may appear after a synchronous removal). */
+const opening = new Set<Promise<unknown>>();
+let closing = false;
+
+/**
+ * For the way out: refuse new temporary files, let the opens under way finish (at most `ms`),
+ * then remove every temporary file of this process. Returns how many were removed.
+ */
+export async function removeLiveTempFiles(ms = 2000): Promise<number> {
+  closing = true;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    Promise.allSettled([...opening]),
+    new Promise((r) => {
+      timer = setTimeout(r, ms);
+    }),
+  ]);
+  clearTimeout(timer);
+  return removeLiveTempFilesSync();
+}
+
+/** Temporary files this process is writing now (for tests and reports). */
+export function liveTempFiles(): string[] {
+  return [...liveTemps];
+}
+
+let commitGuard: ((path: string) => void) | null = null;
+
+/**
+ * A check run right before every commit's rename: it throws to forbid the commit (the temporary
+ * file is then removed). One per process; null removes it.
+ */
+export function setCommitGuard(guard: ((path: string) => void) | null): void {
+  commitGuard = guard;
+}
+
+/** Test-only: make every write fail with this system error code (e.g. ENOSPC); null = off. */
+let injectedWriteError: string | null = null;
+export function injectWriteErrorForTests(code: string | null): void {
+  injectedWriteError = code;
+}
+
+function systemError(code: string, syscall: string, path: string): NodeJS.ErrnoException {
+  const e = new Error(`${code}: ${syscall} '${path}'`) as NodeJS.ErrnoException;
+  e.code = code;
+  e.syscall = syscall;
+  e.path = path;
+  return e;
+}
+
+/**
+ * `mkdir -p` that reports the real reason a folder cannot be made: Node's recursive mkdir says
+ * ENOENT when a parent is read-only or not writable; then the first missing component is made
+ * alone to get EROFS/EACCES. Errors are ours (`fromSystemError`).
+ */
+export async function makeDirs(path: string, action?: string): Promise<void> {
+  try {
+    await mkdir(path, { recursive: true });
+    return;
+  } catch (err) {
+    const code = systemErrorCode(err);
+    // a file where a folder is wanted: mkdir -p says EEXIST
+    if (code === 'EEXIST') throw fromSystemError(systemError('ENOTDIR', 'mkdir', path), path, action);
+    if (code !== 'ENOENT') throw fromSystemError(err, path, action);
+  }
+  // the nearest existing ancestor, then the first missing component made alone
+  let p = path;
+  for (;;) {
+    const parent = dirname(p);
+    if (parent === p) break;
+    const st = await stat(parent).catch(() => null);
+    if (st !== null) {
+      if (!st.isDirectory()) throw fromSystemError(systemError('ENOTDIR', 'mkdir', parent), parent, action);
+      try {
+        await mkdir(p);
+      } catch (err) {
+        if (systemErrorCode(err) !== 'EEXIST') throw fromSystemError(err, p, action);
+      }
+      break;
+    }
+    p = parent;
+  }
+  try {
+    await mkdir(path, { recursive: true });
+  } catch (err) {
+    throw fromSystemError(err, path, action);
+  }
+}
 
 /**
  * Written bytes after which a file is flushed to disk in the background (fdatasync, one at a time,
@@ -154,9 +274,25 @@ export class AtomicFile {
   }
 
   static async create(path: string, opts: AtomicFileOptions = {}): Promise<AtomicFile> {
-    await mkdir(dirname(path), { recursive: true });
+    await makeDirs(dirname(path));
     const tempPath = tempNameFor(path);
-    const handle = await open(tempPath, 'wx');
+    let handle: FileHandle;
+    // known before it exists: an exit while the open is under way still removes it
+    liveTemps.add(tempPath);
+    try {
+      if (injectedWriteError !== null) throw systemError(injectedWriteError, 'open', tempPath);
+      if (closing) throw new FailureError('stopping: no new file is started');
+      const opened = open(tempPath, 'wx');
+      opening.add(opened);
+      try {
+        handle = await opened;
+      } finally {
+        opening.delete(opened);
+      }
+    } catch (err) {
+      liveTemps.delete(tempPath);
+      throw fromSystemError(err, path);
+    }
     return new AtomicFile(path, tempPath, handle, opts.crc32 === true);
   }
 
@@ -169,9 +305,14 @@ export class AtomicFile {
   async write(data: Uint8Array): Promise<void> {
     const h = this.requireOpen();
     let done = 0;
-    while (done < data.byteLength) {
-      const { bytesWritten } = await h.write(data, done, data.byteLength - done, this.position + done);
-      done += bytesWritten;
+    try {
+      while (done < data.byteLength) {
+        if (injectedWriteError !== null) throw systemError(injectedWriteError, 'write', this.tempPath);
+        const { bytesWritten } = await h.write(data, done, data.byteLength - done, this.position + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw fromSystemError(err, this.path, 'cannot write');
     }
     this.track(data, this.position);
     this.position += data.byteLength;
@@ -194,9 +335,13 @@ export class AtomicFile {
   async writeAt(data: Uint8Array, position: number): Promise<void> {
     const h = this.requireOpen();
     let done = 0;
-    while (done < data.byteLength) {
-      const { bytesWritten } = await h.write(data, done, data.byteLength - done, position + done);
-      done += bytesWritten;
+    try {
+      while (done < data.byteLength) {
+        const { bytesWritten } = await h.write(data, done, data.byteLength - done, position + done);
+        done += bytesWritten;
+      }
+    } catch (err) {
+      throw fromSystemError(err, this.path, 'cannot write');
     }
     this.track(data, position);
     this.extent = Math.max(this.extent, position + data.byteLength);
@@ -209,12 +354,25 @@ export class AtomicFile {
     if (this.syncing !== null) await this.syncing;
     if (this.syncError !== undefined) {
       await h.close().catch(() => undefined);
-      await rm(this.tempPath, { force: true });
+      await this.dropTemp();
       throw this.syncError;
     }
-    await h.sync();
-    await h.close();
-    await rename(this.tempPath, this.path);
+    try {
+      await h.sync();
+      await h.close();
+    } catch (err) {
+      await h.close().catch(() => undefined);
+      await this.dropTemp();
+      throw fromSystemError(err, this.path, 'cannot write');
+    }
+    try {
+      commitGuard?.(this.path);
+      await rename(this.tempPath, this.path);
+    } catch (err) {
+      await this.dropTemp();
+      throw fromSystemError(err, this.path, 'cannot move the finished file into place');
+    }
+    liveTemps.delete(this.tempPath);
     const c = this.trackedCrc();
     this.segments = null;
     return { size: c?.size ?? this.extent, crc32: c?.crc32 ?? null };
@@ -227,7 +385,12 @@ export class AtomicFile {
     this.handle = null;
     if (this.syncing !== null) await this.syncing;
     await h.close().catch(() => undefined);
-    await rm(this.tempPath, { force: true });
+    await this.dropTemp();
+  }
+
+  private async dropTemp(): Promise<void> {
+    await rm(this.tempPath, { force: true }).catch(() => undefined);
+    liveTemps.delete(this.tempPath);
   }
 
   private requireOpen(): FileHandle {

@@ -8,6 +8,7 @@
 import { stat } from 'node:fs/promises';
 import { FailureError, InputError } from '../errors.js';
 import { openCheckpointIndexed, type CheckpointEntry, type CheckpointSource } from './ckpt/reader.js';
+import { CrcCoverage, crcRegionsOf, type ReadObserver, type StoredCrc } from './crc-check.js';
 import { openWeights } from './open.js';
 import { foundFile, type FoundFile, type WeightsFormat } from './resolve.js';
 import { openSafetensorsIndexed, type IndexedSafetensorsEntry, type SafetensorsSource } from './safetensors/reader.js';
@@ -35,6 +36,14 @@ export interface SourceIndex {
   readonly entries: readonly IndexedEntry[];
   /** `.ckpt`: bytes of the protobuf body (the file without a CRC trailer). */
   readonly bodyBytes?: number;
+  /** The CRC-32 the file stores about itself (a `.ckpt` trailer, a single safetensors file's `crc_num`). */
+  readonly storedCrc?: StoredCrc;
+}
+
+/** Options of opening a source from its index. */
+export interface OpenIndexedOptions {
+  /** Told every positioned read of the file (its offset and the bytes delivered): a CRC check. */
+  readonly observer?: ReadObserver;
 }
 
 /**
@@ -54,7 +63,10 @@ export async function indexWeights(path: string): Promise<SourceIndex> {
       }));
       const file = await foundFile(path);
       checkUnchanged(path, before, file);
-      return { format: 'ckpt', path, files: [file], entries, bodyBytes: ck.bodyBytes };
+      return {
+        format: 'ckpt', path, files: [file], entries, bodyBytes: ck.bodyBytes,
+        ...(ck.crc !== null ? { storedCrc: { kind: 'ckpt-trailer', value: ck.crc.stored } } : {}),
+      };
     }
     const st = src as SafetensorsSource;
     const fileIndex = new Map(st.files.map((f, i) => [f, i]));
@@ -71,7 +83,11 @@ export async function indexWeights(path: string): Promise<SourceIndex> {
     }
     const files = await Promise.all(st.files.map((f) => foundFile(f)));
     if (!before.isDirectory()) checkUnchanged(path, before, files.find((f) => f.path === path) ?? null);
-    return { format: 'safetensors', path, files, entries };
+    // MindSpore's crc_num: a decimal CRC-32 in a single file's metadata
+    const crcText = st.layout === 'file' ? st.rawMetadata['crc_num'] : undefined;
+    const crcValue = crcText !== undefined && /^\d{1,10}$/.test(crcText) ? Number(crcText) : undefined;
+    const storedCrc: StoredCrc | undefined = crcValue !== undefined && crcValue <= 0xffffffff ? { kind: 'safetensors-crc_num', value: crcValue } : undefined;
+    return { format: 'safetensors', path, files, entries, ...(storedCrc !== undefined ? { storedCrc } : {}) };
   } finally {
     await src.close();
   }
@@ -108,7 +124,7 @@ export async function checkIndexedFiles(index: Pick<SourceIndex, 'files'>): Prom
  * Open a source from its index: no header is read; every file's size and modification time are
  * checked first (an InputError naming the file when one changed since it was indexed).
  */
-export async function openIndexed(index: SourceIndex): Promise<TensorSource> {
+export async function openIndexed(index: SourceIndex, opts: OpenIndexedOptions = {}): Promise<TensorSource> {
   await checkIndexedFiles(index);
   if (index.format === 'ckpt') {
     const file = index.files[0];
@@ -117,7 +133,7 @@ export async function openIndexed(index: SourceIndex): Promise<TensorSource> {
       if (!('chunks' in e.at)) throw new FailureError('checkpoint index entry has no chunk list', { file: index.path, tensor: e.name });
       return { ...plainEntry(e), chunkList: e.at.chunks.map(([offset, length]) => ({ offset, length })), recordOffset: 0 };
     });
-    return openCheckpointIndexed(file.path, entries, index.bodyBytes ?? file.size);
+    return openCheckpointIndexed(file.path, entries, index.bodyBytes ?? file.size, opts);
   }
   const entries: IndexedSafetensorsEntry[] = index.entries.map((e) => {
     const at = e.at;
@@ -125,7 +141,21 @@ export async function openIndexed(index: SourceIndex): Promise<TensorSource> {
     if ('file' in at) return { entry: plainEntry(e), file: at.file, offset: at.offset };
     throw new FailureError('safetensors index entry has no offset', { file: index.path, tensor: e.name });
   });
-  return openSafetensorsIndexed(index.path, index.files.map((f) => f.path), entries);
+  return openSafetensorsIndexed(index.path, index.files.map((f) => f.path), entries, opts);
+}
+
+/**
+ * A check of the CRC the source stores about itself, fed by the reads a conversion makes (hand
+ * its `observer` to `openIndexed`); null when the source stores none.
+ */
+export function crcCoverageOf(index: Pick<SourceIndex, 'format' | 'files' | 'entries' | 'bodyBytes' | 'storedCrc'>): CrcCoverage | null {
+  const stored = index.storedCrc;
+  const file = index.files[0];
+  if (stored === undefined || file === undefined) return null;
+  if (stored.kind === 'safetensors-crc_num' && index.files.length !== 1) return null;
+  const tensors: { name: string; offset: number; byteLength: number }[] = [];
+  for (const e of index.entries) if ('file' in e.at && e.at.file === 0) tensors.push({ name: e.name, offset: e.at.offset, byteLength: e.byteLength });
+  return new CrcCoverage(file.path, stored, crcRegionsOf(stored, index.bodyBytes ?? file.size, tensors));
 }
 
 /**
@@ -134,7 +164,7 @@ export async function openIndexed(index: SourceIndex): Promise<TensorSource> {
  */
 export interface SourceIO {
   index(path: string): Promise<SourceIndex>;
-  open(index: SourceIndex): Promise<TensorSource>;
+  open(index: SourceIndex, opts?: OpenIndexedOptions): Promise<TensorSource>;
 }
 
 export const defaultSourceIO: SourceIO = { index: indexWeights, open: openIndexed };

@@ -10,6 +10,7 @@
  * are read as complete tensors through a second plan (to one complete file) and the same
  * executor, one pair at a time. The whole model, or a whole W, is never in memory.
  */
+import { refuseOverlaps } from '../real-paths.js';
 import { stat } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -289,6 +290,16 @@ export async function mergeLora(opts: LoraMergeOptions): Promise<LoraMergeResult
   const srcStrategy = whole.srcStrategy?.strategy ?? null;
   const dstStrategy = opts.dstStrategy !== undefined ? (await loadStrategy(opts.dstStrategy)).strategy : null;
   const sources = planSourceFiles(whole.plan);
+  // nothing is written where anything is read (after resolving symlinks on both sides)
+  await refuseOverlaps(
+    [{ what: 'output folder', path: opts.dstDir }],
+    [
+      ...whole.plan.source.files.map((s) => ({ what: 'source file', path: s.path })),
+      ...(opts.srcStrategy !== undefined ? [{ what: 'the source strategy', path: opts.srcStrategy }] : []),
+      ...(opts.dstStrategy !== undefined ? [{ what: 'the destination strategy', path: opts.dstStrategy }] : []),
+      { what: 'the source', path: opts.src },
+    ],
+  );
   const infos = tensorInfos(whole.plan);
   const sc = typeof opts.scaling === 'number' ? undefined : opts.scaling;
   const expectedRank = sc !== undefined && sc.rank !== undefined && sc.hasPatterns !== true ? sc.rank : undefined;

@@ -51,6 +51,7 @@ function planSource(f: PlanSourceFile): PlanSource {
   return {
     rank: f.rank, path: f.path, format: f.format ?? null, files: f.files ?? [],
     ...(f.bodyBytes !== undefined ? { bodyBytes: f.bodyBytes } : {}),
+    ...(f.storedCrc !== undefined ? { storedCrc: f.storedCrc } : {}),
     indexSha256: indexSha256(f.entries), entries: f.entries,
   };
 }
@@ -63,6 +64,7 @@ export function planSourceFiles(plan: Plan): PlanSourceFile[] {
       rank: s.rank, path: s.path, entries: s.entries, files: s.files,
       ...(s.format !== null ? { format: s.format } : {}),
       ...(s.bodyBytes !== undefined ? { bodyBytes: s.bodyBytes } : {}),
+      ...(s.storedCrc !== undefined ? { storedCrc: s.storedCrc } : {}),
     };
   });
 }

@@ -9,7 +9,7 @@ import { open } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { FailureError, InputError } from '../errors.js';
 import { AtomicFile, writeFileAtomic } from '../formats/atomic.js';
-import { defaultSourceIO, type IndexedEntry, type SourceIndex, type SourceIO } from '../formats/source-index.js';
+import { defaultSourceIO, type IndexedEntry, type OpenIndexedOptions, type SourceIndex, type SourceIO } from '../formats/source-index.js';
 import type { TensorSource } from '../formats/types.js';
 import { canonicalJson, planCore, planFingerprint, sha256 } from './fingerprint.js';
 import type { Plan, PlanEntry, PlanSource } from './types.js';
@@ -107,10 +107,11 @@ export async function sourceIndexOf(s: PlanSource): Promise<SourceIndex> {
   return {
     format: s.format, path: s.path, files: s.files, entries: entries as readonly IndexedEntry[],
     ...(s.bodyBytes !== undefined ? { bodyBytes: s.bodyBytes } : {}),
+    ...(s.storedCrc !== undefined ? { storedCrc: s.storedCrc } : {}),
   };
 }
 
 /** Open a plan source from its index (no header read; files checked unchanged). */
-export async function openPlanSource(s: PlanSource, io: SourceIO = defaultSourceIO): Promise<TensorSource> {
-  return io.open(await sourceIndexOf(s));
+export async function openPlanSource(s: PlanSource, io: SourceIO = defaultSourceIO, opts: OpenIndexedOptions = {}): Promise<TensorSource> {
+  return io.open(await sourceIndexOf(s), opts);
 }

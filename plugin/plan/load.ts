@@ -99,6 +99,7 @@ async function indexSources(files: readonly SourceFileInfo[], io: SourceIO): Pro
       out[i] = {
         rank: f.rank, path: f.path, entries: index.entries, format: index.format, files: index.files,
         ...(index.bodyBytes !== undefined ? { bodyBytes: index.bodyBytes } : {}),
+        ...(index.storedCrc !== undefined ? { storedCrc: index.storedCrc } : {}),
       };
     }
   };

@@ -12,6 +12,14 @@
  *   complete in every source file that holds it.
  * - Output order: names in the order of the source files (stage 0's first file, then stage 1's,
  *   ...), then names first seen in later files.
+ * - A source sliced within its stages (more than one device per stage) must have every tensor of
+ *   more than one element named by the source strategy: such a tensor is cut on every rank like
+ *   its neighbours, and taking one rank's slice for the whole tensor would write wrong shapes.
+ *   Entries of one element (global_step, epoch_num, learning_rate, beta1_power, loss scale ...)
+ *   and `str` entries are copied verbatim; optimizer states are re-sharded where the strategy
+ *   lays them out (mindformers' strategies list adam_m.*, adam_v.*, accu_grads.*). An entry the
+ *   strategy does not describe whose shape or dtype differs between rank files is refused too.
+ *   A pipeline-only source (one device per stage) holds whole tensors: anything goes.
  */
 import { InputError } from '../errors.js';
 import { dtypeInfo, type DType } from '../formats/dtype.js';
@@ -203,6 +211,7 @@ export function scanModel(files: readonly PlanSourceFile[], src: SideLayouts | n
     }
     if (!scannedArrays.has(f.entries)) scannedArrays.set(f.entries, stage);
   }
+  if (src !== null && srcStageDevices > 1) checkCoverage(plain, srcParams.size, src, files);
   for (const [name, scan] of srcParams) {
     for (const s of scan.stages) {
       if (scan.filesSeen.get(s) !== srcStageDevices) {
@@ -266,4 +275,54 @@ export function scanModel(files: readonly PlanSourceFile[], src: SideLayouts | n
     }
   }
   return { model: { order: kept, params, extras }, dropped, excluded: [...excludedSet] };
+}
+
+/** How many tensors a refusal lists. */
+const SHOWN = 5;
+
+function elements(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+/**
+ * The rule for a source sliced within its stages (see the module comment): every entry the
+ * source strategy does not describe must be of one element (or `str`) and alike in every file.
+ */
+function checkCoverage(
+  plain: ReadonlyMap<string, ReadonlyMap<string, { entry: PlanEntry; holders: number[] }>>,
+  described: number,
+  src: SideLayouts,
+  files: readonly PlanSourceFile[],
+): void {
+  const uncovered: string[] = [];
+  for (const [name, variants] of plain) {
+    const vs = [...variants.values()];
+    if (vs.length > 1) {
+      const [a, b] = vs as [{ entry: PlanEntry; holders: number[] }, { entry: PlanEntry; holders: number[] }];
+      throw new InputError(
+        `the source strategy does not describe this tensor, and the rank files hold it differently ([${a.entry.shape.join(',')}] ${a.entry.dtype} in rank ${a.holders[0]}, ` +
+          `[${b.entry.shape.join(',')}] ${b.entry.dtype} in rank ${b.holders[0]}): it is sliced, and its layout is needed; is the strategy of another model or run?`,
+        { file: src.path ?? files[b.holders[0] as number]?.path, tensor: name },
+      );
+    }
+    const e = (vs[0] as { entry: PlanEntry }).entry;
+    if (e.dtype !== 'str' && elements(e.shape) > 1) uncovered.push(`'${name}' [${e.shape.join(',')}]`);
+  }
+  if (uncovered.length === 0) return;
+  const some = `${uncovered.slice(0, SHOWN).join(', ')}${uncovered.length > SHOWN ? `, ... (${uncovered.length} in all)` : ''}`;
+  const devices = src.stageDevices;
+  if (described === 0) {
+    throw new InputError(
+      `the source strategy names none of the checkpoint's tensors (${some}); it is another model's strategy, or the names differ (prefixes?)`,
+      { file: src.path ?? undefined },
+    );
+  }
+  throw new InputError(
+    `the source strategy describes ${described} tensor(s) of the checkpoint but not ${uncovered.length}: ${some}. ` +
+      `The checkpoint is sliced over ${devices} devices per stage, so each rank file holds only a part of these and their layout is needed ` +
+      '(entries of one element, such as global_step, need none); is the strategy of another model or run?',
+    { file: src.path ?? undefined },
+  );
 }

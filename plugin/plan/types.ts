@@ -5,6 +5,7 @@
  * stored: `planRank(plan, r)` computes them on demand, purely from the plan.
  */
 import type { DType } from '../formats/dtype.js';
+import type { StoredCrc } from '../formats/crc-check.js';
 import type { FoundFile, WeightsFormat } from '../formats/resolve.js';
 import type { EntryLocation } from '../formats/source-index.js';
 import type { ParamLayout } from '../formats/strategy/model.js';
@@ -30,6 +31,8 @@ export interface PlanSourceFile {
   readonly files?: readonly FoundFile[];
   /** `.ckpt`: bytes of the protobuf body. */
   readonly bodyBytes?: number;
+  /** The CRC-32 the file stores about itself (checked while it is read). */
+  readonly storedCrc?: StoredCrc;
 }
 
 /** A source of a plan: everything needed to open it without reading its header. */
@@ -40,6 +43,8 @@ export interface PlanSource {
   readonly format: WeightsFormat | null;
   readonly files: readonly FoundFile[];
   readonly bodyBytes?: number;
+  /** The CRC-32 the file stores about itself (checked while it is read). */
+  readonly storedCrc?: StoredCrc;
   /** sha256 of the canonical JSON of the entries (the index). */
   readonly indexSha256: string;
   /** The index. Absent in a plan read from a plan file, which reads it on demand from `indexRef`. */

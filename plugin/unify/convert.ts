@@ -11,6 +11,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { basename, extname, join, relative, resolve } from 'node:path';
 import { InputError } from '../errors.js';
+import { refuseOverlaps } from '../real-paths.js';
 import { runPool } from './pool.js';
 import { listWeightFiles, type WeightsFormat } from '../formats/resolve.js';
 import { createCheckpointSink, openCheckpoint } from '../formats/ckpt/index.js';
@@ -179,6 +180,10 @@ async function convertTree(direction: Direction, src: string, dst: string, opts:
     if (single) return dst.endsWith(toExt) ? dst : join(dst, swapExt(basename(f), toExt));
     return join(dst, swapExt(relative(src, f), toExt));
   };
+  // one file: its output is not the input (a symlink to it included); a tree: the output folder is
+  // apart from the input folder
+  if (single) await refuseOverlaps([{ what: 'output file', path: target(src) }], [{ what: 'the input', path: src }]);
+  else await refuseOverlaps([{ what: 'output folder', path: dst }], [{ what: 'the input folder', path: src }]);
   const one = direction === 'ckpt-to-safetensors' ? ckptFileToSafetensors : safetensorsFileToCkpt;
   const jobs = files.map((f) => async () => {
     const r = await one(f, target(f), opts);

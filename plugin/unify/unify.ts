@@ -12,6 +12,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { refuseOverlaps } from '../real-paths.js';
 import { InputError } from '../errors.js';
 import { resolveWeights, type PickRule } from '../formats/resolve.js';
 import { createSafetensorsSink, createShardedSafetensorsSink } from '../formats/safetensors/index.js';
@@ -93,13 +94,16 @@ export async function unifySafetensors(opts: UnifyOptions): Promise<UnifyReport>
   const memory = positiveInt(opts.memory ?? UNIFY_DEFAULT_MEMORY, 'memory');
   const dstDir = resolve(opts.dstDir);
   const srcDir = resolve(opts.srcDir);
-  if (dstDir === srcDir) throw new InputError('output folder is the source folder', { file: dstDir });
   const st = await stat(srcDir).catch(() => null);
   if (st === null) throw new InputError('no such file or directory', { file: srcDir });
   if (!st.isDirectory()) throw new InputError('expected a folder of rank_N/ folders', { file: srcDir });
   const resolved = await resolveWeights(srcDir, opts.pick !== undefined ? { pick: opts.pick } : {});
   if (resolved.kind !== 'ranks') throw new InputError('holds no rank_N folders', { file: srcDir });
   for (const n of resolved.notices) opts.onNotice?.(n);
+  await refuseOverlaps(
+    [{ what: 'output folder', path: opts.dstDir }],
+    [...resolved.ranks.map((r) => ({ what: 'source file', path: r.file.path })), { what: 'the source strategy', path: opts.srcStrategy }, { what: 'the source folder', path: srcDir }],
+  );
   const filter = opts.filter;
   const { plan } = await loadPlan({
     srcCheckpoint: resolved, srcStrategy: opts.srcStrategy, dstStrategy: null, memory,

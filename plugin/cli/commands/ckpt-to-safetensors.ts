@@ -9,6 +9,7 @@ import { UsageError } from '../../errors.js';
 import { ckptToSafetensors, loadNameMap, safetensorsToCkpt, type WeightsConvertOptions, type WeightsConvertResult } from '../../unify/index.js';
 import { intFlag, MAX_PROCESSES } from '../flags.js';
 import { createProgress, formatBytes } from '../progress.js';
+import { handleInterrupts } from '../interrupt.js';
 
 export const order = 40;
 
@@ -38,6 +39,7 @@ export function registerConversion(program: Command, name: 'ckpt-to-safetensors'
     .option('--file-name-regex <re>', 'only convert files whose name matches')
     .option('--json', 'print one JSON object on stdout')
     .action(async (src: string, dst: string, flags: Flags) => {
+      handleInterrupts(toSt ? 'ckpt-to-safetensors' : 'safetensors-to-ckpt');
       if ((await stat(src).catch(() => null))?.isFile() === true && extname(dst).toLowerCase() === from) {
         throw new UsageError(`<dst> ${dst}: the output of one ${from} file is a ${to} file (or a folder to put it in)`);
       }

@@ -15,6 +15,7 @@ import { closest } from '../../suggest.js';
 import { acceptExtras, invocation } from '../args.js';
 import { boolFlag, choiceFlag, intFlag, required, sizeFlag } from '../flags.js';
 import { createProgress, formatBytes } from '../progress.js';
+import { handleInterrupts } from '../interrupt.js';
 
 export const order = 40;
 
@@ -103,6 +104,7 @@ export function register(program: Command): void {
     .option('--list', 'list the models and exit')
     .option('--json', 'one JSON object on stdout');
   acceptExtras(cmd).action(async (flags: ConvertFlags) => {
+    handleInterrupts('convert');
     if (flags.converter !== undefined) await loadConverterModule(flags.converter);
     if (flags.list === true) {
       const models = listConvertModels().map((m) => ({ name: m.name, aliases: [...(m.aliases ?? [])], description: m.description ?? '' }));

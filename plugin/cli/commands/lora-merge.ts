@@ -14,6 +14,7 @@ import { ckptToSafetensors } from '../../unify/index.js';
 import { typedAs } from '../args.js';
 import { choiceFlag, intFlag } from '../flags.js';
 import { createProgress, formatBytes } from '../progress.js';
+import { handleInterrupts } from '../interrupt.js';
 
 export const order = 60;
 
@@ -63,6 +64,7 @@ export function register(program: Command): void {
     .option('--crc', 'append the crc_num trailer to the outputs (ckpt)')
     .option('--json', 'print one JSON object on stdout')
     .action(async (flags: Flags) => {
+      handleInterrupts('lora-merge');
       const toolDialect = TOOL_FLAGS.some((f) => typedAs(f)?.includes('_') === true);
       const spell = (kebab: string): string => typedAs(kebab) ?? (toolDialect ? kebab.replace(/(?<=\w)-/g, '_') : kebab);
       const src = none(flags.srcCkptPathOrDir);

@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { DEFAULT_MERGED_STRATEGY_NAME, mergeStrategies } from '../../formats/strategy/index.js';
 import { createProgress, type Progress } from '../progress.js';
+import { handleInterrupts } from '../interrupt.js';
 
 export const order = 40;
 
@@ -26,6 +27,7 @@ export function register(program: Command): void {
     .option('-o, --output <file>', `merged file (.json = JSON, else protobuf), or a folder to write ${DEFAULT_MERGED_STRATEGY_NAME} into; default ./${DEFAULT_MERGED_STRATEGY_NAME}`)
     .option('--json', 'print one JSON object on stdout')
     .action(async (inputs: string[], flags: Flags) => {
+      handleInterrupts('merge-strategy');
       let out = resolve(flags.output ?? DEFAULT_MERGED_STRATEGY_NAME);
       // -o DIR: write DIR/merged_ckpt_strategy.ckpt
       if (flags.output !== undefined && (await stat(out).catch(() => null))?.isDirectory() === true) out = join(out, DEFAULT_MERGED_STRATEGY_NAME);

@@ -6,6 +6,7 @@ import { UsageError } from '../../errors.js';
 import { loadNameMap, unifySafetensors, type UnifyOptions } from '../../unify/index.js';
 import { createProgress, formatBytes } from '../progress.js';
 import { intFlag, MAX_PROCESSES, sizeFlag } from '../flags.js';
+import { handleInterrupts } from '../interrupt.js';
 
 export const order = 42;
 
@@ -35,6 +36,7 @@ export function register(program: Command): void {
     .option('--crc', 'store crc_num in each file\'s metadata')
     .option('--json', 'print one JSON object on stdout')
     .action(async (srcDir: string, dstDir: string, flags: Flags) => {
+      handleInterrupts('unify');
       const notices: string[] = [];
       const opts: {
         -readonly [K in keyof UnifyOptions]: UnifyOptions[K];

@@ -7,6 +7,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { FailureError, InputError, type ErrorContext } from '../../errors.js';
 import { requireDType, type DType } from '../dtype.js';
+import type { ReadObserver } from '../crc-check.js';
 import type { CkptHints, TensorEntry, TensorSource } from '../types.js';
 import {
   CRC_TRAILER_BYTES,
@@ -313,6 +314,7 @@ class CkptSource implements CheckpointSource {
     private readonly list: readonly CheckpointEntry[],
     readonly crc: CheckpointCrc | null,
     readonly bodyBytes: number,
+    private readonly observer?: ReadObserver,
   ) {
     this.fh = fh;
     this.byName = new Map(list.map((e) => [e.name, e]));
@@ -364,6 +366,7 @@ class CkptSource implements CheckpointSource {
       const n = Math.min(length - done, c.length - inner);
       if (n > 0) {
         await readFully(fh, dst, dstOffset + done, n, c.offset + inner, this.path);
+        this.observer?.(c.offset + inner, dst.subarray(dstOffset + done, dstOffset + done + n), name);
         done += n;
       }
       i++;
@@ -444,7 +447,12 @@ export async function openCheckpoint(path: string, opts: OpenCheckpointOptions =
  * Open a `.ckpt` whose entries (with their chunks' file offsets) are already known, reading no
  * header: the index of `indexWeights`. The caller checks that the file is unchanged.
  */
-export async function openCheckpointIndexed(path: string, entries: readonly CheckpointEntry[], bodyBytes: number): Promise<CheckpointSource> {
+export async function openCheckpointIndexed(
+  path: string,
+  entries: readonly CheckpointEntry[],
+  bodyBytes: number,
+  opts: { readonly observer?: ReadObserver } = {},
+): Promise<CheckpointSource> {
   let fh: FileHandle;
   try {
     fh = await open(path, 'r');
@@ -452,7 +460,7 @@ export async function openCheckpointIndexed(path: string, entries: readonly Chec
     const code = (err as NodeJS.ErrnoException).code;
     throw new InputError(code === 'ENOENT' ? 'no such file' : `cannot open (${code ?? String(err)})`, { file: path });
   }
-  return new CkptSource(path, fh, entries, null, bodyBytes);
+  return new CkptSource(path, fh, entries, null, bodyBytes, opts.observer);
 }
 
 async function crcOfRange(fh: FileHandle, start: number, end: number, file: string): Promise<number> {

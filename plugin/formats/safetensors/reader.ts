@@ -7,6 +7,7 @@ import { open, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { FailureError, InputError } from '../../errors.js';
 import { byteLength as dtypeByteLength } from '../dtype.js';
+import type { ReadObserver } from '../crc-check.js';
 import type { CkptHints, TensorEntry, TensorSource } from '../types.js';
 import { readSafetensorsHeader, SAFETENSORS_MAX_HEADER, type SafetensorsHeader } from './header.js';
 import { MS_CKPT, MS_ORDER, MS_STR, MS_STR_B64, parseCkptMeta, textToUtf32 } from './meta.js';
@@ -146,6 +147,7 @@ class FileSource implements SafetensorsSource {
     located: Located[],
     readonly metadata: Record<string, string>,
     readonly rawMetadata: Record<string, string>,
+    private readonly observer?: ReadObserver,
   ) {
     this.files = [path];
     this.handle = handle;
@@ -177,6 +179,7 @@ class FileSource implements SafetensorsSource {
     }
     if (this.handle === null) throw new FailureError('source already closed', { file: this.path, tensor: name });
     await readInto(this.handle, this.path, dst, dstOffset, length, l.offset + offset);
+    this.observer?.(l.offset + offset, dst.subarray(dstOffset, dstOffset + length), name);
   }
 
   async close(): Promise<void> {
@@ -214,7 +217,12 @@ export type IndexedSafetensorsEntry =
  * index of `indexWeights`. `files[i]` holds the entries whose `file` is i. The caller checks that
  * the files are unchanged.
  */
-export async function openSafetensorsIndexed(path: string, files: readonly string[], entries: readonly IndexedSafetensorsEntry[]): Promise<SafetensorsSource> {
+export async function openSafetensorsIndexed(
+  path: string,
+  files: readonly string[],
+  entries: readonly IndexedSafetensorsEntry[],
+  opts: { readonly observer?: ReadObserver } = {},
+): Promise<SafetensorsSource> {
   const perFile: Located[][] = files.map(() => []);
   const inline: Located[] = [];
   for (const e of entries) {
@@ -237,7 +245,8 @@ export async function openSafetensorsIndexed(path: string, files: readonly strin
       } catch (err) {
         throw new InputError(`cannot open: ${(err as NodeJS.ErrnoException).code ?? String(err)}`, { file: f });
       }
-      opened.push(new FileSource(f, handle, perFile[i] as Located[], {}, {}));
+      // a read observer checks one file's CRC: only a single-file source has one
+      opened.push(new FileSource(f, handle, perFile[i] as Located[], {}, {}, files.length === 1 ? opts.observer : undefined));
     }
     if (opened.length === 1) return opened[0] as SafetensorsSource;
     const owner = new Map<string, SafetensorsSource>();

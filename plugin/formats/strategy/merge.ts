@@ -9,8 +9,9 @@
  */
 import { createHash } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
-import { extname, join, resolve } from 'node:path';
+import { extname, join } from 'node:path';
 import { InputError } from '../../errors.js';
+import { canonicalPath, refuseOverlaps } from '../../real-paths.js';
 import { readSmallFile, detectStrategyFormat, parseStrategyBytes, writeStrategy, type StrategyFormat } from './io.js';
 import type { ParamLayout, Strategy, StrategyItem } from './model.js';
 import { makeStrategy } from './names.js';
@@ -54,7 +55,8 @@ export async function listStrategyInputs(inputs: string | readonly string[], exc
   const list = typeof inputs === 'string' ? [inputs] : [...inputs];
   if (list.length === 0) throw new InputError('no strategy files or directory given');
   const out: string[] = [];
-  const excluded = exclude !== undefined ? resolve(exclude) : undefined;
+  // the output of an earlier merge in an input folder is not an input (compared after resolving symlinks)
+  const excluded = exclude !== undefined ? await canonicalPath(exclude) : undefined;
   for (const p of list) {
     let st;
     try {
@@ -66,11 +68,10 @@ export async function listStrategyInputs(inputs: string | readonly string[], exc
       out.push(p);
       continue;
     }
-    const names = (await readdir(p, { withFileTypes: true }))
-      .filter((d) => d.isFile() && /\.(ckpt|json)$/i.test(d.name))
-      .map((d) => d.name)
-      .filter((n) => resolve(join(p, n)) !== excluded)
-      .sort(byName);
+    const listed = (await readdir(p, { withFileTypes: true })).filter((d) => d.isFile() && /\.(ckpt|json)$/i.test(d.name)).map((d) => d.name);
+    const names: string[] = [];
+    for (const n of listed) if (excluded === undefined || (await canonicalPath(join(p, n))) !== excluded) names.push(n);
+    names.sort(byName);
     const exts = new Set(names.map((n) => extname(n).toLowerCase()));
     if (exts.size > 1) throw new InputError('holds both *.ckpt and *.json strategy files; merge one kind at a time', { file: p });
     if (names.length === 0) throw new InputError('holds no *.ckpt or *.json strategy files', { file: p });
@@ -192,6 +193,8 @@ export async function mergeStrategies(
   opts: MergeStrategiesOptions = {},
 ): Promise<MergeReport> {
   const m = await mergeStrategiesInMemory(inputs, { exclude: outFile, path: outFile, ...(opts.onFile !== undefined ? { onFile: opts.onFile } : {}) });
+  // the output is none of the files read (`-o a.json` with a.json an input, a symlink to one)
+  await refuseOverlaps([{ what: 'output file', path: outFile }], m.files.map((f) => ({ what: 'input', path: f.path })));
   const format = opts.format ?? (/\.json$/i.test(outFile) ? 'json' : 'protobuf');
   await writeStrategy(outFile, m.strategy, { format });
   return {
