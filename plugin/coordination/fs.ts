@@ -8,7 +8,7 @@
  * `rename`, `unlink`, `mkdir` and `readdir` one or two RPCs each.
  */
 import { mkdir, open, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
-import { tempNameFor } from '../formats/atomic.js';
+import { tempNameFor, trackTempFile } from '../formats/atomic.js';
 
 export interface WriteOptions {
   /** Fail with EEXIST when the file exists (O_EXCL): the first writer wins. */
@@ -103,12 +103,15 @@ export async function listDir(fs: CoordinationFs, path: string): Promise<string[
 /** Replace `path` atomically: a temporary name in the same folder, then a rename (2 operations). */
 export async function writeAtomic(fs: CoordinationFs, path: string, text: string): Promise<void> {
   const tmp = tempNameFor(path);
+  const untrack = trackTempFile(tmp);
   try {
     await fs.writeFile(tmp, text);
     await fs.rename(tmp, path);
   } catch (err) {
     await fs.unlink(tmp).catch(() => undefined);
     throw err;
+  } finally {
+    untrack();
   }
 }
 

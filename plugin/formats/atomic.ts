@@ -41,6 +41,18 @@ export function removeLiveTempFilesSync(): number {
   return n;
 }
 
+/**
+ * Count a temporary file written outside `AtomicFile` (the coordination layer's small files) among
+ * this process's temporary files until the returned function is called (after its rename or
+ * removal), so that the way out removes it too.
+ */
+export function trackTempFile(path: string): () => void {
+  liveTemps.add(path);
+  return () => {
+    liveTemps.delete(path);
+  };
+}
+
 /** Opens of temporary files under way (their file may appear after a synchronous removal). */
 const opening = new Set<Promise<unknown>>();
 let closing = false;

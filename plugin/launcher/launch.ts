@@ -39,7 +39,7 @@ import { CoordinationError, Coordinator, DEFAULT_JOIN_TIMEOUT_MS, defaultPollInt
 import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { formatDuration } from '../units.js';
 import { describeError, FailureError, fromSystemError, InputError, MsckptError } from '../errors.js';
-import { writeFileAtomic } from '../formats/atomic.js';
+import { removeLiveTempFiles, removeLiveTempFilesSync, writeFileAtomic } from '../formats/atomic.js';
 import { mergeStrategies } from '../formats/strategy/merge.js';
 import { openWeights } from '../formats/open.js';
 import { defaultSourceIO, type SourceIO } from '../formats/source-index.js';
@@ -51,7 +51,7 @@ import {
   launchPathConflicts, rewriteCommand, RunConfigError, type ConverterAssignment, type FoundVersion, type RunConfig, type RunConfigReport,
 } from './config.js';
 import { jobIdentity, msrunClusterTimeoutMs, MSRUN_VARS, rankIdentity, type RankIdentity } from './identity.js';
-import { cleanJobOutputs, Ledger, removeOwnTempFiles, strategyPassFiles } from './ledger.js';
+import { cleanJobOutputs, Ledger, strategyPassFiles } from './ledger.js';
 
 export interface LaunchOptions {
   /** The run YAML (never modified). */
@@ -300,8 +300,6 @@ interface Ctx {
   faults: LaunchFaults | undefined;
   /** Converted files this rank committed so far. */
   committed: number;
-  /** Folders this process writes temporary files in (removed when it is stopped). */
-  tempDirs: Set<string>;
 }
 
 /** Fire this rank's test fault if it is set for `point`. */
@@ -518,7 +516,6 @@ async function convertSlices(ctx: Ctx, name: NameCheck, slices: readonly number[
   const plan = await readPlanFile(name.plan.file, name.plan.fingerprint);
   const mine = new Set(slices);
   const total = plan.ranks.reduce((s, r) => s + (mine.has(r.rank) ? r.bytesWritten : 0), 0);
-  for (const r of slices) ctx.tempDirs.add(cfg.paths.transformedRankDir(name.name, r));
   let done = 0;
   let label = name.name;
   let group: readonly number[] = [];
@@ -715,7 +712,6 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   const ctx: Ctx = {
     cfg, id, env, cwd, log, command: opts.command, group, shared, io: opts.sourceIO ?? defaultSourceIO,
     ledger: new Ledger(cfg.paths, id.rank, job.id), stop: new StopRequest(), faults: opts.faults, committed: 0,
-    tempDirs: new Set([cfg.paths.msckptDir, cfg.paths.strategyDir]),
   };
   try {
     await mkdir(cfg.paths.msckptDir, { recursive: true });
@@ -732,7 +728,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
   const onSignal = (sig: NodeJS.Signals): void => {
     const firstRequest = ctx.stop.request(sig);
     if (!firstRequest || coord === undefined) {
-      removeOwnTempFiles([...ctx.tempDirs]);
+      removeLiveTempFilesSync();
       log(`stopped by ${sig} ${coord === undefined ? 'before the ranks had joined' : `during '${stage}' (second signal)`}`);
       process.exit(signalNumber(sig));
     }
@@ -896,7 +892,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       // stopped: the others were told by the signal handler; this rank's temporary files go
       await told;
       await coord.close();
-      removeOwnTempFiles([...ctx.tempDirs]);
+      await removeLiveTempFiles();
       log(`stopped by ${sig} during '${stage}'; the other ranks were told, the temporary files of this rank removed`);
       return signalNumber(sig);
     }

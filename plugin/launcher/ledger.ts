@@ -25,7 +25,6 @@
  * ledger that still covers what is left.
  */
 import { appendFile, lstat, mkdir, readdir, readFile, rm, rmdir } from 'node:fs/promises';
-import { readdirSync, rmSync } from 'node:fs';
 import { dirname, join, relative, sep } from 'node:path';
 import { fromSystemError, InputError } from '../errors.js';
 import { tempNameTarget } from '../formats/atomic.js';
@@ -381,28 +380,3 @@ export async function strategyPassFiles(paths: JobPaths, ranks?: readonly number
   return out.sort();
 }
 
-/**
- * Remove the temporary files this process left in `dirs` (only names our writer makes, with this
- * process's id); synchronous, so that it also runs on the way out of a signal. Returns how many.
- */
-export function removeOwnTempFiles(dirs: readonly string[], pid: number = process.pid): number {
-  let n = 0;
-  for (const dir of dirs) {
-    let names: string[];
-    try {
-      names = readdirSync(dir);
-    } catch {
-      continue;
-    }
-    for (const name of names) {
-      if (tempNameTarget(name)?.pid !== pid) continue;
-      try {
-        rmSync(join(dir, name), { force: true });
-        n++;
-      } catch {
-        // a file we cannot remove stays; the next run's clean removes it
-      }
-    }
-  }
-  return n;
-}
