@@ -22,7 +22,7 @@ import { basename, join } from 'node:path';
 import { Option, type Command } from 'commander';
 import { InputError, UsageError } from '../errors.js';
 import type { PickRule, WeightsFormat } from '../formats/resolve.js';
-import { formatRankRanges, parseRankRanges } from '../transform/index.js';
+import { formatRanges, parseRankRanges } from '../ranges.js';
 import { typedAs } from './args.js';
 import { boolFlag, choiceFlag, intFlag, MAX_PROCESSES, MAX_WORLD_SIZE, sizeFlag } from './flags.js';
 
@@ -281,7 +281,7 @@ export async function resolveTransformRequest(flags: TransformFlags, positional:
       byRankAsked = boolFlag(typedAs('--transform-by-rank') ?? '--transform_by_rank', flags.transformByRank) ?? false;
       if (flags.transformByRank !== undefined && flags.transformByRank !== true && !byRankAsked && w > 1 && k === 1) {
         notices.push(
-          `${typedAs('--transform-by-rank')} ${String(flags.transformByRank)}: taken as false (transform_checkpoint.py reads any non-empty value as true and would convert only ranks ${formatRankRanges(range(r, w))})`,
+          `${typedAs('--transform-by-rank')} ${String(flags.transformByRank)}: taken as false (transform_checkpoint.py reads any non-empty value as true and would convert only ranks ${formatRanges(range(r, w))})`,
         );
       }
     }

@@ -50,13 +50,14 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { describeError, FailureError, InputError } from '../errors.js';
+import { formatRanges } from '../ranges.js';
 import { every, systemClock, type Clock } from './clock.js';
 import { createOnce, errnoOf, listDir, nodeFs, parseJson, readJson, readText, writeAtomic, type CoordinationFs } from './fs.js';
 import { HolderWatch, jobConflict, JobLock, type JobEnv, type JobOptions, type JobRecord } from './job.js';
 import { LeaderMonitor } from './leader.js';
 import { processState as procProcessState, selfIdentity, type ProcessIdentity, type ProcessState } from './liveness.js';
 import {
-  CoordinationError, diedText, failuresError, formatRanges, layout, LEFT_MARKER, NAME_RE, presenceStaleText,
+  CoordinationError, diedText, failuresError, layout, LEFT_MARKER, NAME_RE, presenceStaleText,
   MISSING_SHOWN, rankList, rankOf, secs, sortFailures, taskStaleText, wantKey,
   type Admission, type CurrentRecord, type DoneRecord, type FailureRecord, type HeartbeatRecord, type PresenceRecord,
   type StatusRecord, type TaskBeat, type TaskProgress, type Ticket, type WantRecord,

@@ -10,11 +10,12 @@
  * Each ticket and each marker with data is read once.
  */
 import { join } from 'node:path';
+import { parseRanges } from '../ranges.js';
 import { Signal, type Clock } from './clock.js';
 import { createOnce, forEachLimit, listDir, parseJson, readJson, readText, writeAtomic, type CoordinationFs } from './fs.js';
 import type { ProcessIdentity, ProcessState } from './liveness.js';
 import {
-  diedText, FAILURES_SHOWN, layout, LEFT_MARKER, machineKeyOf, MISSING_SHOWN, parseRanges, presenceStaleText,
+  diedText, FAILURES_SHOWN, layout, LEFT_MARKER, machineKeyOf, MISSING_SHOWN, presenceStaleText,
   PROGRESS_SHOWN, rankList, rankOf, READ_CONCURRENCY, secs, sortFailures, taskStaleText,
   type Admission, type CurrentRecord, type FailureRecord, type HeartbeatRecord, type PresenceRecord, type StatusRecord,
   type TaskBeat, type Ticket, type WantRecord, type WantStatus,

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { FailureError } from '../errors.js';
+import { formatRanges } from '../ranges.js';
 import type { ProcessIdentity } from './liveness.js';
 
 export type CoordinationFailureKind = 'failed' | 'died' | 'stale' | 'timeout';
@@ -188,33 +189,6 @@ export function rankOf(file: string): number | undefined {
   return m === null ? undefined : Number(m[1]);
 }
 
-/** Sorted ranks as ranges: [0,1,2,3,5,7,8] -> "0-3,5,7-8". */
-export function formatRanges(ranks: readonly number[]): string {
-  const s = [...new Set(ranks)].sort((a, b) => a - b);
-  const parts: string[] = [];
-  for (let i = 0; i < s.length; ) {
-    let j = i;
-    while (j + 1 < s.length && (s[j + 1] as number) === (s[j] as number) + 1) j++;
-    parts.push(i === j ? String(s[i]) : `${s[i]}-${s[j]}`);
-    i = j + 1;
-  }
-  return parts.join(',');
-}
-
-/** The inverse of formatRanges; undefined when the text is not ranges. */
-export function parseRanges(text: string): number[] | undefined {
-  if (text === '') return [];
-  const out: number[] = [];
-  for (const part of text.split(',')) {
-    const m = /^(\d+)(?:-(\d+))?$/.exec(part);
-    if (m === null) return undefined;
-    const a = Number(m[1]);
-    const b = m[2] === undefined ? a : Number(m[2]);
-    if (b < a || b - a > 1_000_000) return undefined;
-    for (let r = a; r <= b; r++) out.push(r);
-  }
-  return out;
-}
 
 /**
  * The key of a wait: the marker name and the awaited ranks ("b~all" for the whole group). Every

@@ -1,6 +1,6 @@
 /** Executing re-sharding plans: transform, manifest, resume, verify. */
 export {
-  transformCheckpoints, parseRankRanges, formatRankRanges, transformProcessBlocks, transformProcessBlock, transformOutputPath, fileCrc32Of,
+  transformCheckpoints, transformProcessBlocks, transformProcessBlock, transformOutputPath, fileCrc32Of,
   readTransformManifest, checkTransformPaths, TRANSFORM_MANIFEST_NAME,
   type TransformOptions, type TransformReport, type ManifestFile, type TransformManifest, type TransformFingerprint, type TransformInputs,
   type TransformFaults, type TransformCluster, type SharedTransformPlan, type ClusterReport, type SourceCheckReport,

@@ -39,6 +39,7 @@ import { SourceCrcMismatch } from '../formats/crc-check.js';
 import type { PickRule, WeightsFormat } from '../formats/resolve.js';
 import { onInterrupt } from '../interrupt.js';
 import { pluginModule } from '../package-files.js';
+import { formatRanges, parseRankRanges } from '../ranges.js';
 import { DEFAULT_MEMORY, findSourceFiles, loadPlan, readPlanFile, writePlanFile, type LoadedPlan, type Plan } from '../plan/index.js';
 import { SILENT_PROGRESS, type Progress, type ProgressFactory } from '../progress.js';
 import { refuseOverlaps, type NamedPath } from '../real-paths.js';
@@ -192,37 +193,6 @@ export interface TransformReport {
   /** Peak resident set of the converter process(es), bytes. */
   readonly maxRssBytes: number;
   readonly notices: readonly string[];
-}
-
-/** `8-15`, `0,2,4-7` -> sorted distinct ranks. */
-export function parseRankRanges(text: string): number[] {
-  const out = new Set<number>();
-  for (const part of text.split(',')) {
-    const p = part.trim();
-    if (p === '') continue;
-    const m = /^(\d+)(?:-(\d+))?$/.exec(p);
-    if (m === null) throw new InputError(`cannot read rank range '${p}' (expected e.g. 8-15 or 0,2,4-7)`);
-    const a = Number(m[1]);
-    const b = m[2] === undefined ? a : Number(m[2]);
-    if (b < a) throw new InputError(`rank range '${p}' runs backwards`);
-    if (b - a > 1_000_000) throw new InputError(`rank range '${p}' is too large`);
-    for (let r = a; r <= b; r++) out.add(r);
-  }
-  if (out.size === 0) throw new InputError(`no ranks in '${text}'`);
-  return [...out].sort((x, y) => x - y);
-}
-
-/** Compact text of a sorted rank list: `0-3,8`. */
-export function formatRankRanges(ranks: readonly number[]): string {
-  const parts: string[] = [];
-  let i = 0;
-  while (i < ranks.length) {
-    let j = i;
-    while (j + 1 < ranks.length && (ranks[j + 1] as number) === (ranks[j] as number) + 1) j++;
-    parts.push(i === j ? `${ranks[i]}` : `${ranks[i]}-${ranks[j]}`);
-    i = j + 1;
-  }
-  return parts.join(',');
 }
 
 /** Block `i` of `k` contiguous blocks of `items`: `[i*W/k, (i+1)*W/k)` (may be empty). */
@@ -624,7 +594,7 @@ export async function transformCheckpoints(opts: TransformOptions): Promise<Tran
         const res = await writeRanks({
           plan, ranks: todo, outputPath: outputOf, format: run.format, memory, crc: opts.crc === true, crcSources: mineToCheck,
           onCommit: recordCommit, onSourceChecked: recordCheck,
-          onGroup: (ranks) => progress.label(ranks.length === 1 ? `rank ${ranks[0]}` : `ranks ${formatRankRanges(ranks)}`),
+          onGroup: (ranks) => progress.label(ranks.length === 1 ? `rank ${ranks[0]}` : `ranks ${formatRanges(ranks)}`),
           onBytes: (n) => progress.advance(n),
           ...(wf !== undefined ? { faults: wf } : {}),
         });
@@ -778,7 +748,7 @@ async function runWorkers(
             child.on('exit', (code, signal) => {
               void chain.then(
                 () => {
-                  const what = `converter for ranks ${formatRankRanges([...block])}`;
+                  const what = `converter for ranks ${formatRanges([...block])}`;
                   if (code === 0 && result !== undefined) return resolvePromise(result);
                   let e: unknown;
                   if (error?.crcResult !== undefined && error.crcSource !== undefined) e = new SourceCrcMismatch(error.crcResult, error.crcSource);
