@@ -860,7 +860,8 @@ export async function launch(opts: LaunchOptions): Promise<number> {
         onProgress: (beats) => {
           if (id.rank !== leader || Date.now() - lastShown < 5000) return;
           lastShown = Date.now();
-          const parts = [...beats.values()].map((b) => `rank ${b.rank} ${b.total ? Math.floor((100 * (b.done ?? 0)) / b.total) : 0}%`);
+          // this rank's own share is done by now; the others' as of their last heartbeat
+          const parts = [...beats.values()].map((b) => `rank ${b.rank} ${b.rank === id.rank && mine !== undefined ? 'done' : `${b.total ? Math.floor((100 * (b.done ?? 0)) / b.total) : 0}%`}`);
           log(`converting: ${parts.join(', ')}`);
         },
       });
