@@ -319,7 +319,7 @@ export async function mergeLora(opts: LoraMergeOptions): Promise<LoraMergeResult
   let written;
   try {
     written = await writeRanks({
-      plan, ranks, format: 'ckpt', memory: plan.memory, bandBytes: band, sharedBuffers: threads > 1, crc: opts.crc === true,
+      plan, ranks, format: 'ckpt', memory: plan.memory, bandBytes: band, sharedBuffers: threads > 1, crc: opts.crc === true, fileCrc32: false,
       outputPath: (r) => outputs[ranks.indexOf(r)] as string,
       onBytes: (n) => {
         bytesWritten += n;
