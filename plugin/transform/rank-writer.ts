@@ -2,7 +2,7 @@
  * The one rank writer: the destination ranks of a plan, written in groups (consecutive ranks of
  * one stage listing the same tensors, `rankPlanGroups`), each file under a temporary name and
  * renamed when complete, each committed file reported with its size and CRC-32 (computed while
- * writing) as soon as it is committed. Used by `transformCheckpoints` (in one process or in its
+ * writing, unless `fileCrc32: false`) as soon as it is committed. Used by `transformCheckpoints` (in one process or in its
  * workers), the launcher's converter ranks and `lora-merge`.
  */
 import { stat } from 'node:fs/promises';
