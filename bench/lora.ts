@@ -150,8 +150,12 @@ function kernelJob(rows: number, cols: number, r: number): { job: KernelJob; w: 
   const vals = new Float32Array(rows * cols).map(() => rnd() * 0.05);
   const w = new Uint8Array(new SharedArrayBuffer(rows * cols * 2));
   w.set(fromFloat32(vals, 'Float16'));
-  const a = new Float32Array(new SharedArrayBuffer(r * cols * 4)).map(() => rnd() * 0.05);
-  const b = new Float32Array(new SharedArrayBuffer(rows * r * 4)).map(() => rnd() * 0.05);
+  // filled in place: TypedArray.map would return a copy on an ordinary ArrayBuffer, and the pool
+  // splits only jobs whose buffers are all shared
+  const a = new Float32Array(new SharedArrayBuffer(r * cols * 4));
+  for (let i = 0; i < a.length; i++) a[i] = rnd() * 0.05;
+  const b = new Float32Array(new SharedArrayBuffer(rows * r * 4));
+  for (let i = 0; i < b.length; i++) b[i] = rnd() * 0.05;
   const job: KernelJob = { w: w.buffer, wOffset: 0, dtype: 1, rowBegin: 0, rowEnd: rows, cols, b: b.buffer, bOffset: 0, a: a.buffer, aOffset: 0, r, scale: 2 };
   return { job, w, orig: w.slice() };
 }

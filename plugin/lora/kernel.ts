@@ -12,10 +12,11 @@
  * The product runs in WebAssembly SIMD128 (`kernel/lora.wat`, assembled into `kernel/wasm.ts` by
  * `npm run build:kernel`): two rows x eight columns of W held as float64 pairs in registers take
  * all r rank steps at once (the rank steps run at the two-lane float64 limit, about four
- * multiply-adds per cycle); A is repacked as float64 in strips of eight columns, walked in column
- * blocks that stay in cache; W is decoded and encoded with integer SIMD (no tables). The
- * WebAssembly instance has its own memory: W (rows padded to a multiple of eight columns) and B
- * are staged into it in tiles of 256 KiB and W is copied back.
+ * multiply-adds per cycle); A is packed as float64 in strips of eight columns (once per thread for
+ * consecutive jobs with the same `aKey`), walked in column blocks that stay in cache; W is decoded
+ * and encoded with integer SIMD (no tables). The WebAssembly instance has its own memory: W (rows
+ * padded to a multiple of eight columns) and B are staged into it in tiles of 256 KiB and W is
+ * copied back.
  *
  * The glue below is written once, as plain JavaScript source: it runs on the main thread (compiled
  * with `new Function`) and in worker threads (`new Worker(source, { eval: true })`, which works
@@ -52,6 +53,21 @@ export interface KernelJob {
   readonly aOffset: number;
   readonly r: number;
   readonly scale: number;
+  /**
+   * Identifies A's values (the [r, cols] block at `a`/`aOffset`): a thread whose previous job had
+   * the same key (and the same r and cols) reuses A as it packed it then, instead of packing it
+   * again. Keys come from `kernelAKey()` (unique in the process), one per distinct A; without a
+   * key A is packed for every job.
+   */
+  readonly aKey?: number;
+}
+
+let lastAKey = 0;
+
+/** A new key for `KernelJob.aKey`, unique in this process. */
+export function kernelAKey(): number {
+  lastAKey += 1;
+  return lastAKey;
 }
 
 /**
@@ -67,6 +83,7 @@ function makeLoraKernel(wasmModule) {
   var memory = exp.memory;
   var merge = exp.merge;
   function align(x) { return (x + 63) & ~63; }
+  var packedKey, packedR = 0, packedCols = 0;   // the A packed at offset 0, and its shape
   return function kernel(job) {
     var code = job.dtype;
     var es = ES[code];
@@ -79,22 +96,28 @@ function makeLoraKernel(wasmModule) {
     var rowBytes = cols * es, stride = padded * es;
     var tileRows = Math.max(1, Math.min(rows, Math.floor(TILE / stride)));
     if (tileRows > 1 && tileRows < rows) tileRows &= ~1;
-    // memory: e[row pairs x r x 2] A packed[strips x r x 8] B tile, W tile
-    var e = 0, ap = align(((tileRows + 1) >>> 1) * r * 16);
-    var bOff = align(ap + strips * r * 64), wOff = align(bOff + tileRows * r * 4);
+    // memory: A packed[strips x r x 8] (first, so that it stays in place for the next job with
+    // the same A), e[row pairs x r x 2], B tile, W tile
+    var ap = 0, e = align(strips * r * 64);
+    var bOff = align(e + ((tileRows + 1) >>> 1) * r * 16), wOff = align(bOff + tileRows * r * 4);
     var end = wOff + tileRows * stride;
     var have = memory.buffer.byteLength;
     if (end > have) memory.grow(Math.ceil((end - have) / 65536));
     var buf = memory.buffer;
-    var A = new Float32Array(job.a, job.aOffset, r * cols);
-    var P = new Float64Array(buf, ap, strips * r * 8);
-    for (var s = 0; s < strips; s++) {
-      var c0 = s * 8, w = cols - c0 < 8 ? cols - c0 : 8;
-      for (var k = 0; k < r; k++) {
-        var src = k * cols + c0, dst = (s * r + k) * 8, j = 0;
-        for (; j < w; j++) P[dst + j] = A[src + j];
-        for (; j < 8; j++) P[dst + j] = 0;
+    var key = job.aKey;
+    if (key === undefined || key !== packedKey || r !== packedR || cols !== packedCols) {
+      packedKey = undefined;
+      var A = new Float32Array(job.a, job.aOffset, r * cols);
+      var P = new Float64Array(buf, ap, strips * r * 8);
+      for (var s = 0; s < strips; s++) {
+        var c0 = s * 8, w = cols - c0 < 8 ? cols - c0 : 8;
+        for (var k = 0; k < r; k++) {
+          var src = k * cols + c0, dst = (s * r + k) * 8, j = 0;
+          for (; j < w; j++) P[dst + j] = A[src + j];
+          for (; j < 8; j++) P[dst + j] = 0;
+        }
       }
+      packedKey = key; packedR = r; packedCols = cols;
     }
     var B = new Float32Array(job.b, job.bOffset + rowBegin * r * 4, rows * r);
     var W = new Uint8Array(job.w, job.wOffset + rowBegin * rowBytes, rows * rowBytes);

@@ -22,7 +22,7 @@ import type { ProgressFactory } from '../progress.js';
 import { bufferSizes, buildPlan, loadPlan, openPlanSource, planRank, planSourceFiles, type Plan, type PlannedTensor, type RankPlan } from '../plan/index.js';
 import { createTransformSourcePool, executeRankPlan, TransformBuffers, type Band, type TransformSourcePool } from '../transform/execute.js';
 import { writeRanks } from '../transform/rank-writer.js';
-import { KernelPool, kernelDTypeCode } from './kernel.js';
+import { KernelPool, kernelAKey, kernelDTypeCode } from './kernel.js';
 import { planLoraNames, type LoraPair } from './names.js';
 import type { LoraScaling } from './scaling.js';
 import { loadStrategy } from '../formats/strategy/load.js';
@@ -204,7 +204,7 @@ function floats(n: number, shared: boolean): Float32Array {
  */
 class LoraProduct {
   productMs = 0;
-  private current: { base: string; r: number; inn: number; a: Float32Array; b: Float32Array; blocks: Map<string, Float32Array> } | null = null;
+  private current: { base: string; r: number; inn: number; a: Float32Array; aKey: number; b: Float32Array; blocks: Map<string, { a: Float32Array; aKey: number }> } | null = null;
   private loading: Promise<void> = Promise.resolve();
   private readonly buffers = new TransformBuffers(bufferSizes(64 * 1024 * 1024));
 
@@ -232,18 +232,19 @@ class LoraProduct {
       out.set(toFloat32(raw, t.dtype as FloatDType));
       return out;
     };
-    this.current = { base, r: p.rank, inn: p.w.fullShape[1] as number, a: toF32(ta), b: toF32(tb), blocks: new Map() };
+    this.current = { base, r: p.rank, inn: p.w.fullShape[1] as number, a: toF32(ta), aKey: kernelAKey(), b: toF32(tb), blocks: new Map() };
     return this.current;
   }
 
   /** Columns [c0, c0 + n) of A [r, in], as a contiguous [r, n] block (memoised per pair). */
-  private columns(cur: NonNullable<LoraProduct['current']>, c0: number, n: number): Float32Array {
-    if (c0 === 0 && n === cur.inn) return cur.a;
+  private columns(cur: NonNullable<LoraProduct['current']>, c0: number, n: number): { a: Float32Array; aKey: number } {
+    if (c0 === 0 && n === cur.inn) return cur;
     const key = `${c0}:${n}`;
     let blk = cur.blocks.get(key);
     if (blk === undefined) {
-      blk = floats(cur.r * n, this.shared);
-      for (let k = 0; k < cur.r; k++) blk.set(cur.a.subarray(k * cur.inn + c0, k * cur.inn + c0 + n), k * n);
+      const a = floats(cur.r * n, this.shared);
+      for (let k = 0; k < cur.r; k++) a.set(cur.a.subarray(k * cur.inn + c0, k * cur.inn + c0 + n), k * n);
+      blk = { a, aKey: kernelAKey() };
       cur.blocks.set(key, blk);
     }
     return blk;
@@ -259,12 +260,12 @@ class LoraProduct {
     const [r0, c0] = band.box.start as [number, number];
     const [rows, cols] = band.box.shape as [number, number];
     const b = cur.b.subarray(r0 * cur.r, (r0 + rows) * cur.r);
-    const a = this.columns(cur, c0, cols);
+    const { a, aKey } = this.columns(cur, c0, cols);
     await this.kernels.run({
       w: band.bytes.buffer, wOffset: band.bytes.byteOffset, dtype: kernelDTypeCode(band.dtype) as number,
       rowBegin: 0, rowEnd: rows, cols,
       b: b.buffer, bOffset: b.byteOffset, a: a.buffer, aOffset: a.byteOffset,
-      r: cur.r, scale: this.scale,
+      r: cur.r, scale: this.scale, aKey,
     }, this.minWork);
     this.productMs += performance.now() - t0;
   };
@@ -330,7 +331,7 @@ export async function mergeLora(opts: LoraMergeOptions): Promise<LoraMergeResult
   let written;
   try {
     written = await writeRanks({
-      plan, ranks, format: 'ckpt', memory: plan.memory, bandBytes: band, sharedBuffers: threads > 1, crc: opts.crc === true,
+      plan, ranks, format: 'ckpt', memory: plan.memory, bandBytes: band, sharedBuffers: threads > 1, crc: opts.crc === true, fileCrc32: false,
       outputPath: (r) => outputs[ranks.indexOf(r)] as string,
       onBytes: (n) => {
         bytesWritten += n;

@@ -167,11 +167,12 @@ function copyTriplets(srcShape: readonly number[], srcBox: Box, dstShape: readon
 
 /**
  * The sink's operations in order, off the critical path: the next band is assembled while the
- * previous one is processed (band hook) and written. A band buffer is reused only after its
- * write finished.
+ * previous one is processed (band hook) and written, and a band's hook runs while the band before
+ * it is being written. A band buffer is reused only after its write finished.
  */
 class WritePipeline {
   private tail: Promise<void> = Promise.resolve();
+  private hookTail: Promise<void> = Promise.resolve();
   private readonly busy: Promise<void>[] = [Promise.resolve(), Promise.resolve()];
   private slot = 0;
   private failed: unknown = undefined;
@@ -198,10 +199,15 @@ class WritePipeline {
   write(buf: Uint8Array, band?: { t: PlannedTensor; box: Box }): void {
     const hook = this.opts.onBand;
     const onBytes = this.opts.onBytes;
+    // band hooks run in band order on their own chain: the hook of this band may run while the
+    // previous band is being written (each band has its own buffer until its write finished)
+    let hooked: Promise<void> | undefined;
+    if (hook !== undefined && band !== undefined) {
+      hooked = this.hookTail.then(() => hook({ tensor: band.t.outputName ?? band.t.name, dtype: band.t.dtype, box: band.box, bytes: buf, lane: this.lane }));
+      this.hookTail = hooked.catch(() => undefined);
+    }
     this.busy[this.slot] = this.push(async () => {
-      if (hook !== undefined && band !== undefined) {
-        await hook({ tensor: band.t.outputName ?? band.t.name, dtype: band.t.dtype, box: band.box, bytes: buf, lane: this.lane });
-      }
+      if (hooked !== undefined) await hooked;
       await this.sink.write(buf);
       onBytes?.(buf.byteLength);
     });

@@ -2,7 +2,7 @@
  * The one rank writer: the destination ranks of a plan, written in groups (consecutive ranks of
  * one stage listing the same tensors, `rankPlanGroups`), each file under a temporary name and
  * renamed when complete, each committed file reported with its size and CRC-32 (computed while
- * writing) as soon as it is committed. Used by `transformCheckpoints` (in one process or in its
+ * writing, unless `fileCrc32: false`) as soon as it is committed. Used by `transformCheckpoints` (in one process or in its
  * workers), the launcher's converter ranks and `lora-merge`.
  *
  * Source CRCs (`crcSources`): the CRC a source file stores about itself is checked from the very
@@ -11,6 +11,7 @@
  * read covered); a source this writer never reads is checked at the end by reading it. A
  * mismatch is a `SourceCrcMismatch` (exit 2): the group's files are not committed.
  */
+import { stat } from 'node:fs/promises';
 import { FailureError } from '../errors.js';
 import { SourceCrcMismatch, type CrcCheckResult, type CrcCoverage } from '../formats/crc-check.js';
 import { createWeightsSink } from '../formats/open.js';
@@ -96,6 +97,11 @@ export interface WriteRanksOptions {
   readonly bandBytes?: number;
   /** `.ckpt`: the CRC trailer; safetensors: `crc_num` in the metadata. */
   readonly crc?: boolean;
+  /**
+   * Compute each file's CRC-32 while writing (default true). false: not computed (about 0.26 s of
+   * CPU per GiB saved), and each committed file reports `crc32: NaN`; for callers that do not use it.
+   */
+  readonly fileCrc32?: boolean;
   /** How sources are opened (default: from the plan's indexes, no header read). */
   readonly io?: SourceIO;
   /** Called as each file is committed (awaited before the next group starts). */
@@ -175,7 +181,7 @@ export async function writeRanks(opts: WriteRanksOptions): Promise<WriteRanksRes
       const sinks: TensorSink[] = [];
       let closed = 0;
       try {
-        for (const rp of group) sinks.push(await createWeightsSink(opts.outputPath(rp.rank), format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true, fileCrc32: true }));
+        for (const rp of group) sinks.push(await createWeightsSink(opts.outputPath(rp.rank), format, rp.tensors.map(sinkTensorOf), { crc: opts.crc === true, fileCrc32: opts.fileCrc32 !== false }));
         let onBytes = opts.onBytes;
         if (f !== undefined && 'midGroup' in f && f.midGroup === groupNo) {
           const half = group.reduce((a, rp) => a + rp.bytesWritten, 0) / 2;
@@ -201,7 +207,8 @@ export async function writeRanks(opts: WriteRanksOptions): Promise<WriteRanksRes
           const c: SinkCommit | void = await sink.close();
           closed++;
           // the CRC-32 computed while writing; read the file back only when the writes could not tell
-          const known = c !== undefined && c.crc32 !== null ? { size: c.size, crc32: c.crc32 } : await fileCrc32Of(sink.path);
+          const known = opts.fileCrc32 === false ? { size: c !== undefined ? c.size : (await stat(sink.path)).size, crc32: Number.NaN }
+            : c !== undefined && c.crc32 !== null ? { size: c.size, crc32: c.crc32 } : await fileCrc32Of(sink.path);
           const file: CommittedRankFile = { rank: (group[k] as RankPlan).rank, path: sink.path, ...known };
           files.push(file);
           bytesWritten += file.size;

@@ -7,7 +7,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { FailureError } from '../../plugin/errors.js';
 import { f32BitsToBf16, f32BitsToF16 } from '../../plugin/formats/dtype.js';
-import { KERNEL_DTYPES, KernelPool, kernelDTypeCode, runKernel, type KernelJob } from '../../plugin/lora/kernel.js';
+import { KERNEL_DTYPES, KernelPool, kernelAKey, kernelDTypeCode, runKernel, type KernelJob } from '../../plugin/lora/kernel.js';
 import { rng } from './helpers.js';
 import { referenceKernel } from './kernel-reference.js';
 
@@ -155,6 +155,26 @@ describe('SIMD kernel = scalar reference', () => {
       const tail = 16 + 7 * 13 * es;
       expect(Buffer.from(simd.subarray(tail)).equals(Buffer.from(wBig.subarray(tail)))).toBe(true);
       expect(Buffer.from(simd.subarray(16 + 2 * 13 * es, tail)).equals(Buffer.from(w.subarray(2 * 13 * es, 7 * 13 * es)))).toBe(false);
+    }
+  });
+});
+
+describe('A packed once per key', () => {
+  it('jobs with the same aKey reuse A; a new key with another A (same shape) gets it packed', () => {
+    for (const dtype of [1, 3]) {
+      const c = makeCase(dtype, 12, 21, 6, 70 + dtype);
+      const other = makeCase(dtype, 12, 21, 6, 80 + dtype);
+      const k1 = kernelAKey();
+      const k2 = kernelAKey();
+      const simd = new Uint8Array(c.w);
+      const ref = new Uint8Array(c.w);
+      // rows in three jobs: A packed by the first, reused by the second; then another A under k2
+      runKernel({ ...jobOf(c, simd, c.a, c.b, 0, 5), aKey: k1 });
+      runKernel({ ...jobOf(c, simd, c.a, c.b, 5, 9), aKey: k1 });
+      runKernel({ ...jobOf(c, simd, other.a, c.b, 9, 12), aKey: k2 });
+      referenceKernel(jobOf(c, ref, c.a, c.b, 0, 9));
+      referenceKernel(jobOf(c, ref, other.a, c.b, 9, 12));
+      expectSameBytes(simd, ref, dtype, `aKey ${DTYPES[dtype]}`);
     }
   });
 });
