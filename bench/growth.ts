@@ -6,7 +6,9 @@
  * The source files are sparse (record headers at their places, the tensor bytes holes), so they
  * cost no disk and reading them costs no disk I/O; the output is written for real. For each size:
  * the transform's own seconds, seconds per GiB, `cp -r` + sync of the same output measured right
- * after (ratio = cp time / transform time, 1.00 = at cp speed), and the converter's peak RSS.
+ * after (ratio = cp time / transform time, 1.00 = at cp speed), the seconds `cat` takes to read a
+ * fresh all-holes file of the same size (the floor for reading the sparse sources, which `cp` of
+ * the output does not pay), and the converter's peak RSS.
  *
  * Disk: before each size, free space must hold the output and its copy with 20 GiB to spare;
  * otherwise the size is halved until it fits, and a notice says so. `MSCKPT_BENCH_GROWTH_GIB`
@@ -81,12 +83,28 @@ async function freeBytes(dir: string): Promise<number> {
   return Number(s.bavail) * Number(s.bsize);
 }
 
+/**
+ * Seconds `cat` takes to read a fresh sparse file of `bytes` (all holes) to /dev/null: what reading
+ * the sparse sources costs before any conversion (the kernel fills the page cache with zeros; on
+ * some machines that grows faster than linearly with the size). The file is removed after.
+ */
+async function readHolesSeconds(path: string, bytes: number): Promise<number> {
+  const f = await open(path, 'w');
+  await f.truncate(bytes);
+  await f.close();
+  const t0 = performance.now();
+  await run$('sh', ['-c', 'cat "$1" > /dev/null', 'sh', path]);
+  const s = (performance.now() - t0) / 1000;
+  await rm(path, { force: true });
+  return s;
+}
+
 export async function run(): Promise<void> {
   const sizes = (process.env['MSCKPT_BENCH_GROWTH_GIB'] ?? '1,4,16').split(',').map(Number).filter((x) => x > 0);
   const dir = await mkdtemp(join(tmpdir(), 'msckpt-bench-growth-'));
   process.stdout.write(
     `mp=${SRC_MP} -> mp=${DST_MP} re-sharding (dims swapped) of Float16 [${ROWS}, ${COLS}] tensors, sparse .ckpt source, 1 process; ${loadText()}\n` +
-      'size       tensors   seconds   s/GiB   cp+sync s   ratio   peak RSS\n',
+      'size       tensors   seconds   s/GiB   cp+sync s   ratio   read holes s   peak RSS\n',
   );
   const rows: Array<{ gib: number; perGiB: number; rss: number }> = [];
   try {
@@ -116,11 +134,12 @@ export async function run(): Promise<void> {
         );
         const r = JSON.parse(stdout) as Report;
         const cp = await cpSyncSeconds(out, join(dir, 'out_cp'));
+        const holes = await readHolesSeconds(join(dir, 'holes'), r.bytesWritten);
         const size = r.bytesWritten / GiB;
         rows.push({ gib: size, perGiB: r.seconds / size, rss: r.maxRssBytes });
         process.stdout.write(
           `${`${size.toFixed(2)} GiB`.padEnd(10)} ${String(count).padStart(7)} ${r.seconds.toFixed(2).padStart(9)} ${(r.seconds / size).toFixed(2).padStart(7)} ` +
-            `${cp.toFixed(2).padStart(11)} ${(cp / r.seconds).toFixed(2).padStart(7)} ${`${(r.maxRssBytes / MiB).toFixed(0)} MiB`.padStart(10)}   (${loadText()})\n`,
+            `${cp.toFixed(2).padStart(11)} ${(cp / r.seconds).toFixed(2).padStart(7)} ${holes.toFixed(2).padStart(14)} ${`${(r.maxRssBytes / MiB).toFixed(0)} MiB`.padStart(10)}   (${loadText()})\n`,
         );
       } finally {
         await rm(out, { recursive: true, force: true });
