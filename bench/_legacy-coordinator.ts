@@ -10,7 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { every, type Clock } from '../plugin/coordination/clock.js';
 import type { CoordinationFs } from '../plugin/coordination/fs.js';
-import type { ProcessIdentity, ProcessState } from '../plugin/coordination/liveness.js';
+import type { ProcessIdentity, ProcessState } from '../plugin/processes.js';
 import { Waker } from '../plugin/coordination/waker.js';
 import { describeError, FailureError, InputError } from '../plugin/errors.js';
 import { tempNameFor } from '../plugin/formats/atomic.js';

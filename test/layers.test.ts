@@ -31,7 +31,7 @@ function partOf(abs: string): string {
 }
 
 const LAYER: Readonly<Record<string, number>> = {
-  errors: 0, units: 0, suggest: 0, 'real-paths': 0, ranges: 0, 'package-files': 0, progress: 0, interrupt: 0,
+  errors: 0, units: 0, suggest: 0, 'real-paths': 0, ranges: 0, 'package-files': 0, progress: 0, interrupt: 0, processes: 0,
   formats: 1, layout: 2, plan: 3, transform: 4,
   convert: 5, lora: 5, unify: 5,
   launcher: 6, cluster: 6,

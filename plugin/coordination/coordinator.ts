@@ -55,7 +55,7 @@ import { every, systemClock, type Clock } from './clock.js';
 import { createOnce, errnoOf, listDir, nodeFs, parseJson, readJson, readText, writeAtomic, type CoordinationFs } from './fs.js';
 import { HolderWatch, jobConflict, JobLock, type JobEnv, type JobOptions, type JobRecord } from './job.js';
 import { LeaderMonitor } from './leader.js';
-import { processState as procProcessState, selfIdentity, type ProcessIdentity, type ProcessState } from './liveness.js';
+import { processState as procProcessState, selfIdentity, type ProcessIdentity, type ProcessState } from '../processes.js';
 import {
   CoordinationError, diedText, failuresError, layout, LEFT_MARKER, NAME_RE, presenceStaleText,
   MISSING_SHOWN, rankList, rankOf, secs, sortFailures, taskStaleText, wantKey,

@@ -1,7 +1,7 @@
 /** Markers, barriers and heartbeats on a shared disk (knows nothing of tensors). */
 export * from './coordinator.js';
 export * from './shared-disk.js';
-export * from './liveness.js';
+export * from '../processes.js';
 export { nodeFs, type CoordinationFs, type WriteOptions } from './fs.js';
 export { systemClock, type Clock } from './clock.js';
 export {

@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { every, sleep, type Clock } from './clock.js';
 import { createOnce, errnoOf, parseJson, readText, type CoordinationFs } from './fs.js';
-import type { ProcessIdentity, ProcessState } from './liveness.js';
+import type { ProcessIdentity, ProcessState } from '../processes.js';
 import { CoordinationError, secs } from './protocol.js';
 
 export interface JobOptions {

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { parseRanges } from '../ranges.js';
 import { Signal, type Clock } from './clock.js';
 import { createOnce, forEachLimit, listDir, parseJson, readJson, readText, writeAtomic, type CoordinationFs } from './fs.js';
-import type { ProcessIdentity, ProcessState } from './liveness.js';
+import type { ProcessIdentity, ProcessState } from '../processes.js';
 import {
   diedText, FAILURES_SHOWN, layout, LEFT_MARKER, machineKeyOf, MISSING_SHOWN, presenceStaleText,
   PROGRESS_SHOWN, rankList, rankOf, READ_CONCURRENCY, secs, sortFailures, taskStaleText,

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { FailureError } from '../errors.js';
 import { formatRanges } from '../ranges.js';
-import type { ProcessIdentity } from './liveness.js';
+import type { ProcessIdentity } from '../processes.js';
 
 export type CoordinationFailureKind = 'failed' | 'died' | 'stale' | 'timeout';
 

@@ -23,6 +23,12 @@ const JSON_PARSE_LIMIT = 16 << 20;
 const JSON_SCAN_BYTES = 1 << 20;
 const RANK_DIR = /^rank_(\d+)$/;
 
+/** The rank of a `rank_N` folder name, else null (the one reading of that name). */
+export function rankOfFolderName(name: string): number | null {
+  const m = RANK_DIR.exec(name);
+  return m === null ? null : Number(m[1]);
+}
+
 async function statOrThrow(path: string): Promise<Awaited<ReturnType<typeof stat>>> {
   try {
     return await stat(path);
@@ -62,7 +68,7 @@ export async function detectKind(path: string): Promise<WeightsKind> {
   if (st.isDirectory()) {
     const names = await readdir(path, { withFileTypes: true });
     if (names.some((d) => d.name === 'param_name_map.json' && d.isFile())) return 'unified';
-    if (names.some((d) => RANK_DIR.test(d.name) && d.isDirectory())) return 'distributed';
+    if (names.some((d) => rankOfFolderName(d.name) !== null && d.isDirectory())) return 'distributed';
     return 'unknown';
   }
   if (!st.isFile() || st.size === 0) return 'unknown';

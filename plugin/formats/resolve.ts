@@ -23,7 +23,7 @@
 import { readdir, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { InputError } from '../errors.js';
-import { detectKind } from './detect.js';
+import { detectKind, rankOfFolderName } from './detect.js';
 import { listStrategyInputs } from './strategy/merge.js';
 
 /** The one weights-format type: MindSpore checkpoints or safetensors. */
@@ -84,7 +84,6 @@ export interface ResolveOptions {
   readonly pick?: PickRule;
 }
 
-const RANK_DIR = /^rank_(\d+)$/;
 const EXT: Record<WeightsFormat, RegExp> = { ckpt: /\.ckpt$/i, safetensors: /\.safetensors$/i };
 
 function formatOfName(name: string): WeightsFormat | null {
@@ -159,11 +158,10 @@ async function listFolder(dir: string, withFiles: boolean): Promise<Listing> {
   const files: Listing['files'] = [];
   for (const d of await readdir(dir, { withFileTypes: true })) {
     if (d.name.startsWith('.')) continue;
-    const m = RANK_DIR.exec(d.name);
-    if (m !== null) {
+    const r = rankOfFolderName(d.name);
+    if (r !== null) {
       const isDir = d.isDirectory() || (d.isSymbolicLink() && (await statOrNull(join(dir, d.name)))?.isDirectory() === true);
       if (!isDir) continue;
-      const r = Number(m[1]);
       if (ranks.has(r)) throw new InputError(`two folders name rank ${r} (${ranks.get(r)} and ${d.name})`, { file: join(dir, d.name) });
       ranks.set(r, d.name);
       continue;

@@ -16,6 +16,8 @@ import { hostname } from 'node:os';
 import { open, readdir, readFile, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fromSystemError } from '../errors.js';
+import { rankOfFolderName } from '../formats/detect.js';
+import { selfIdentity, type ProcessIdentity } from '../processes.js';
 import { AtomicFile, tempNameTarget } from '../formats/atomic.js';
 import type { WeightsFormat } from '../formats/resolve.js';
 
@@ -26,7 +28,6 @@ const JOURNAL_RE = /^transform_manifest\.journal(?:\.(\d+))?$/;
 export const PLAN_DIR_PREFIX = '.msckpt-plan-';
 /** The coordination folder of a transform spread over a cluster. */
 export const CLUSTER_DIR_NAME = '.msckpt-cluster';
-const RANK_DIR_RE = /^rank_(\d+)$/;
 
 export interface ManifestFile {
   readonly rank: number;
@@ -80,6 +81,8 @@ export interface JournalHeader {
   readonly claims: readonly string[];
   readonly host: string;
   readonly pid: number;
+  /** The writing process (machine, pid, start time): alive is told apart from a reused pid. */
+  readonly owner?: ProcessIdentity;
   readonly started: number;
   /** Cluster process index (absent: a single-host run). */
   readonly process?: number;
@@ -220,7 +223,7 @@ export async function scanDestination(dir: string): Promise<FolderScan> {
     if (d.isDirectory()) {
       if (name.startsWith(PLAN_DIR_PREFIX)) planDirs.push(name);
       else if (name === CLUSTER_DIR_NAME) clusterDir = true;
-      else if (RANK_DIR_RE.test(name)) {
+      else if (rankOfFolderName(name) !== null) {
         rankDirs.push(name);
         for (const e of await readdir(join(dir, name), { withFileTypes: true })) {
           const rel = `${name}/${e.name}`;
@@ -267,17 +270,6 @@ export async function journalFiles(dir: string): Promise<string[]> {
   return (await readdir(dir).catch(() => [] as string[])).filter((n) => JOURNAL_RE.test(n));
 }
 
-/** Whether `pid` is a live process on this machine (false when it cannot be told). */
-export function pidAlive(pid: number): boolean {
-  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** A journal open for appending: one JSON line per event, fsync'ed before the call returns. */
 export class Journal {
   private chain: Promise<void> = Promise.resolve();
@@ -287,8 +279,8 @@ export class Journal {
   ) {}
 
   /** Start a journal (replacing any file of that name) with its header. */
-  static async start(path: string, header: Omit<JournalHeader, 'kind' | 'version' | 'host' | 'pid' | 'started'>): Promise<Journal> {
-    const full: JournalHeader = { kind: 'transform_journal', version: 1, ...header, host: hostname(), pid: process.pid, started: Date.now() };
+  static async start(path: string, header: Omit<JournalHeader, 'kind' | 'version' | 'host' | 'pid' | 'owner' | 'started'>): Promise<Journal> {
+    const full: JournalHeader = { kind: 'transform_journal', version: 1, ...header, host: hostname(), pid: process.pid, owner: selfIdentity(), started: Date.now() };
     // the header appears whole or not at all: written under a temporary name first
     const f = await AtomicFile.create(path);
     try {
@@ -364,14 +356,8 @@ export async function removeOutputs(dir: string, rels: Iterable<string>): Promis
     const slash = rel.indexOf('/');
     if (slash > 0) parents.add(rel.slice(0, slash));
   }
-  for (const p of parents) if (RANK_DIR_RE.test(p)) await rmdir(join(dir, p)).catch(() => undefined);
+  for (const p of parents) if (rankOfFolderName(p) !== null) await rmdir(join(dir, p)).catch(() => undefined);
   return n;
-}
-
-/** The rank of a `rank_N` folder name, or null. */
-export function rankOfDir(name: string): number | null {
-  const m = RANK_DIR_RE.exec(name);
-  return m === null ? null : Number(m[1]);
 }
 
 /** The files and checked sources the records of one plan list, applied in order (manifest, then journals). */

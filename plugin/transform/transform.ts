@@ -31,7 +31,6 @@ import { createHash } from 'node:crypto';
 import { fork, type ChildProcess } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { mkdtemp, rm, stat } from 'node:fs/promises';
-import { hostname } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { FailureError, fromSystemError, InputError } from '../errors.js';
 import { makeDirs } from '../formats/atomic.js';
@@ -39,6 +38,7 @@ import { SourceCrcMismatch } from '../formats/crc-check.js';
 import type { PickRule, WeightsFormat } from '../formats/resolve.js';
 import { onInterrupt } from '../interrupt.js';
 import { pluginModule } from '../package-files.js';
+import { processState } from '../processes.js';
 import { formatRanges, parseRankRanges } from '../ranges.js';
 import { DEFAULT_MEMORY, findSourceFiles, loadPlan, readPlanFile, writePlanFile, type LoadedPlan, type Plan } from '../plan/index.js';
 import { SILENT_PROGRESS, type Progress, type ProgressFactory } from '../progress.js';
@@ -46,7 +46,7 @@ import { refuseOverlaps, type NamedPath } from '../real-paths.js';
 import { fileCrc32Of } from './file-crc.js';
 import { writeRanks, type CommittedRankFile, type FaultAction, type SourceCrcChecked, type WriterFault } from './rank-writer.js';
 import {
-  CLUSTER_DIR_NAME, foldRecords, Journal, journalFiles, journalName, pidAlive, readDestination, removeOutputs, TRANSFORM_MANIFEST_NAME,
+  CLUSTER_DIR_NAME, foldRecords, Journal, journalFiles, journalName, readDestination, removeOutputs, TRANSFORM_MANIFEST_NAME,
   writeManifestFile, type DestinationState, type ManifestFile, type PlanRecord, type TransformFingerprint, type TransformInputs,
   type TransformManifest,
 } from './records.js';
@@ -332,7 +332,7 @@ async function prepareDestination(dstDir: string, run: RunPlan, opts: TransformO
   // a run of msckpt writing here right now (this machine)
   for (const r of state.records) {
     const h = r.header;
-    if (h !== undefined && h.host === hostname() && h.pid !== me && pidAlive(h.pid)) {
+    if (h !== undefined && h.pid !== me && h.owner !== undefined && processState(h.owner) === 'alive') {
       throw new InputError(
         `another msckpt transform (pid ${h.pid}, started ${new Date(h.started).toISOString()}) is writing to this folder now; wait for it or choose another folder`,
         { file: dstDir },

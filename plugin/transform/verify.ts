@@ -7,7 +7,8 @@
 import { join } from 'node:path';
 import { InputError } from '../errors.js';
 import { fileCrc32Of } from './file-crc.js';
-import { CLUSTER_DIR_NAME, journalFiles, rankOfDir, readDestination, TRANSFORM_MANIFEST_NAME } from './records.js';
+import { rankOfFolderName } from '../formats/detect.js';
+import { CLUSTER_DIR_NAME, journalFiles, readDestination, TRANSFORM_MANIFEST_NAME } from './records.js';
 
 export interface VerifyFileResult {
   readonly rank: number;
@@ -67,7 +68,7 @@ export async function verifyTransform(dir: string): Promise<VerifyReport> {
   const unlisted = state.scan.files.filter((f) => !listedPaths.has(f));
   const listedDirs = new Set((m?.files ?? []).map((f) => f.path.split('/')[0] as string));
   const unlistedFolders = [
-    ...state.scan.rankDirs.filter((d) => !listedDirs.has(d) && rankOfDir(d) !== null).map((d) => `${d}/`),
+    ...state.scan.rankDirs.filter((d) => !listedDirs.has(d) && rankOfFolderName(d) !== null).map((d) => `${d}/`),
     ...state.scan.otherDirs.map((d) => `${d}/`),
   ];
   const ok = m !== null && files.every((f) => f.ok) && missingRanks.length === 0 && leftovers.length === 0 && unlisted.length === 0 && unlistedFolders.length === 0;

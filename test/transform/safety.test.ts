@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { indexWeights } from '../../plugin/formats/source-index.js';
+import { selfIdentity, type ProcessIdentity } from '../../plugin/processes.js';
 import { MSCKPT_BIN, runCli } from '../helpers/cli.js';
 import { withTempDir } from './helpers.js';
 import { hashTree, leftovers, makeModel, rankFiles, sha256, sliced, startCli, taggedPids, until } from './safety-helpers.js';
@@ -86,6 +87,29 @@ describe('issue 11 on the offline commands', () => {
       expect(await rankFiles(out)).toEqual(await rankFiles(ref));
       expect((await readdir(out)).sort()).toEqual(['rank_0', 'rank_1', 'transform_manifest.json']);
       expect((await runCli(['verify', out])).exitCode).toBe(0);
+    });
+  });
+
+  it('3: a transform writing to the folder now is refused; a dead run whose pid was reused since is not taken for it', async () => {
+    await withTempDir(async (dir) => {
+      const m = await makeModel(dir);
+      const out = join(dir, 'out');
+      await mkdir(out);
+      // a journal left by a run of this machine: its owner is this test process (alive), then the
+      // same pid with another start time (the run died and the pid now belongs to someone else)
+      const me = selfIdentity();
+      const journal = (owner: ProcessIdentity): string =>
+        `${JSON.stringify({ kind: 'transform_journal', version: 1, fingerprintHash: 'another plan', claims: [], host: me.host, pid: me.pid, owner, started: Date.now() })}\n`;
+      await writeFile(join(out, 'transform_manifest.journal'), journal(me));
+      const live = await runCli(T(m.complete, out, ['--dst-strategy', m.s4]));
+      expect(live.exitCode).toBe(2);
+      expect(live.stderr).toMatch(new RegExp(`another msckpt transform \\(pid ${me.pid}, .*is writing to this folder now`));
+      expect(Object.keys(await rankFiles(out))).toEqual([]);
+      await writeFile(join(out, 'transform_manifest.journal'), journal({ ...me, startTime: me.startTime + 1 }));
+      const reused = await runCli(T(m.complete, out, ['--dst-strategy', m.s4]));
+      expect(reused.stderr).toBe('');
+      expect(reused.exitCode).toBe(0);
+      expect(Object.keys(await rankFiles(out)).length).toBe(4);
     });
   });
 
