@@ -6,7 +6,7 @@
  */
 import { FailureError } from '../errors.js';
 import { removeLiveTempFiles, setCommitGuard } from '../formats/atomic.js';
-import { runInterruptHandlers } from '../interrupt.js';
+import { runInterruptHandlers, signalExitCode } from '../interrupt.js';
 
 let installed = false;
 let stopping = false;
@@ -25,7 +25,8 @@ export function interrupted(): boolean {
 export function handleInterrupts(command: string): void {
   if (installed || !allowed) return;
   installed = true;
-  const on = (signal: 'SIGINT' | 'SIGTERM', code: number): void => {
+  const on = (signal: 'SIGINT' | 'SIGTERM'): void => {
+    const code = signalExitCode(signal);
     process.on(signal, () => {
       // a second signal while cleaning up: out at once
       if (stopping) process.exit(code);
@@ -43,6 +44,6 @@ export function handleInterrupts(command: string): void {
       });
     });
   };
-  on('SIGINT', 130);
-  on('SIGTERM', 143);
+  on('SIGINT');
+  on('SIGTERM');
 }

@@ -33,12 +33,12 @@ import { execa } from 'execa';
 import { existsSync, realpathSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
-import { constants as osConstants } from 'node:os';
 import { formatBytes } from '../units.js';
 import { CoordinationError, Coordinator, DEFAULT_JOIN_TIMEOUT_MS, defaultPollInterval, type HeartbeatHandle } from '../coordination/coordinator.js';
 import { detectSharedDisk } from '../coordination/shared-disk.js';
 import { formatDuration } from '../units.js';
 import { describeError, FailureError, fromSystemError, InputError, MsckptError } from '../errors.js';
+import { signalExitCode } from '../interrupt.js';
 import { removeLiveTempFiles, removeLiveTempFilesSync, writeFileAtomic } from '../formats/atomic.js';
 import { mergeStrategies } from '../formats/strategy/merge.js';
 import { openWeights } from '../formats/open.js';
@@ -167,12 +167,6 @@ export function derivedCommand(command: readonly string[], configPath: string, o
 /** Keys a strategy-only pass changes. */
 const STRATEGY_PASS_OVERRIDES = { only_save_strategy: true, auto_trans_ckpt: false } as const;
 
-function signalNumber(sig: string | undefined): number {
-  if (sig === undefined) return 1;
-  const n = (osConstants.signals as Record<string, number>)[sig];
-  return n === undefined ? 1 : 128 + n;
-}
-
 /**
  * Run a command with stdio inherited and SIGINT/SIGTERM forwarded; returns its exit code (128 +
  * signal number when a signal ended it). `tail` keeps the end of its stderr for messages.
@@ -212,7 +206,7 @@ async function runCommand(
     if (r.failed && r.exitCode === undefined && r.signal === undefined) {
       throw new InputError(`cannot start the training command '${file}': ${r.shortMessage ?? r.message}`);
     }
-    const code = r.exitCode ?? signalNumber(r.signal);
+    const code = r.exitCode ?? signalExitCode(r.signal);
     return { code, tail: tail.trim() };
   } finally {
     process.off('SIGINT', onInt);
@@ -730,7 +724,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
     if (!firstRequest || coord === undefined) {
       removeLiveTempFilesSync();
       log(`stopped by ${sig} ${coord === undefined ? 'before the ranks had joined' : `during '${stage}' (second signal)`}`);
-      process.exit(signalNumber(sig));
+      process.exit(signalExitCode(sig));
     }
     const c = coord;
     told = c.fail(stage, new StoppedError(sig)).then(() => c.close()).catch(() => undefined);
@@ -895,7 +889,7 @@ export async function launch(opts: LaunchOptions): Promise<number> {
       await coord.close();
       await removeLiveTempFiles();
       log(`stopped by ${sig} during '${stage}'; the other ranks were told, the temporary files of this rank removed`);
-      return signalNumber(sig);
+      return signalExitCode(sig);
     }
     if (!(err instanceof CoordinationError && err.failedRank !== undefined)) await coord.fail(stage, err);
     await coord.close();

@@ -15,6 +15,7 @@ import { describeError, exitCodeOf, FailureError } from '../errors.js';
 import { removeLiveTempFiles, setCommitGuard } from '../formats/atomic.js';
 import { SourceCrcMismatch } from '../formats/crc-check.js';
 import type { WeightsFormat } from '../formats/resolve.js';
+import { signalExitCode } from '../interrupt.js';
 import { readPlanFile } from '../plan/index.js';
 import { writeRanks, type CommittedRankFile, type SourceCrcChecked, type WriterFault } from './rank-writer.js';
 
@@ -96,8 +97,7 @@ async function run(job: WorkerJob): Promise<void> {
   await send({ done: { bytesRead: r.bytesRead, bytesWritten: r.bytesWritten, maxRssBytes: process.resourceUsage().maxRSS * 1024 } });
 }
 
-process.on('SIGTERM', () => stop(143));
-process.on('SIGINT', () => stop(130));
+for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => stop(signalExitCode(sig)));
 // the parent went away (any death closes the channel); not when this worker leaves on its own
 process.on('disconnect', () => {
   if (!leaving) stop(1);
